@@ -1,0 +1,1 @@
+"""TMCA bundle code: the network and its loss. Configs import this package as ``scripts``."""

@@ -1,0 +1,31 @@
+"""Coercion of config values given on the command line.
+
+``python -m monai.bundle run ... --use_ltem false --limit null`` passes the
+strings ``"false"`` and ``"null"`` (fire only converts Python literals such as
+``False``/``None``). Constructors that take flags or optional values run them
+through these helpers so that both spellings mean the same.
+"""
+
+from __future__ import annotations
+
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0", "none", "null", ""}
+
+
+def as_bool(value) -> bool:
+    """``True``/``False`` for bools, numbers and strings such as ``"false"``, ``"yes"``, ``"0"``."""
+    if isinstance(value, str):
+        v = value.strip().lower()
+        if v in _TRUE:
+            return True
+        if v in _FALSE:
+            return False
+        raise ValueError(f"cannot read {value!r} as true/false")
+    return bool(value)
+
+
+def as_optional(value):
+    """``None`` for ``None``, ``"null"``, ``"none"`` and ``""``; the value otherwise."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("null", "none", "")):
+        return None
+    return value

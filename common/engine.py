@@ -1,0 +1,253 @@
+"""Glue between text-guided networks and MONAI's ignite engines.
+
+* :class:`TextPrepareBatch` passes ``text_ids``/``text_mask`` from the batch to
+  the network as keyword arguments (MONAI's ``PrepareBatchExtraInput``), and can
+  put images in channels-last memory format.
+* :class:`TextGuidedTrainer` is MONAI's ``SupervisedTrainer`` for networks
+  whose training forward returns a dict (``pred`` plus auxiliary tensors) and
+  losses that return a dict of terms (``loss`` plus named parts). It runs bf16
+  autocast without a gradient scaler and clips gradients if asked.
+* :func:`loss_terms` and :class:`ProgressBar` feed the stats handlers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import logging
+import os
+import re
+from typing import Any, Callable, Sequence
+
+import torch
+from monai.engines import PrepareBatchExtraInput, SupervisedTrainer
+from monai.engines.utils import IterationEvents
+from monai.utils.enums import CommonKeys as Keys
+
+from .config import as_bool, as_optional
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class TextPrepareBatch(PrepareBatchExtraInput):
+    """Image and label from the batch, text tensors as keyword arguments of the network.
+
+    Args:
+        text_keys: mapping network keyword -> batch key.
+        channels_last: convert 4-D images to ``torch.channels_last``.
+    """
+
+    def __init__(self, text_keys: dict[str, str] | None = None, channels_last: bool = False):
+        super().__init__(extra_keys=text_keys or {"text_ids": "text_ids", "text_mask": "text_mask"})
+        self.channels_last = as_bool(channels_last)
+
+    def __call__(self, batchdata, device=None, non_blocking: bool = False, **kwargs):
+        missing = [k for k in self.extra_keys.values() if k not in batchdata]
+        if missing:
+            raise KeyError(f"the batch has no {missing}: add TokenizeTextd to the transforms")
+        image, label, args, kwargs_ = super().__call__(batchdata, device, non_blocking, **kwargs)
+        if self.channels_last and image.ndim == 4:
+            image = image.contiguous(memory_format=torch.channels_last)
+        return image, label, args, kwargs_
+
+
+def autocast_context(device: torch.device | str, precision: str = "fp32"):
+    """``torch.autocast`` for bf16/fp16, a no-op context for fp32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+class TextGuidedTrainer(SupervisedTrainer):
+    """``SupervisedTrainer`` for dict outputs and dict losses.
+
+    The network's training forward may return a tensor or a dict holding the
+    logits under ``pred``; the loss function gets that output unchanged and may
+    return a tensor or a dict with the total under ``loss``. Every other term of
+    that dict is stored as ``loss_<name>`` in ``engine.state.output``, so
+    handlers can log it (see :func:`loss_terms`), and ``pred`` is reduced to the
+    logits so that post-transforms and train metrics see a tensor.
+
+    Args (beyond ``SupervisedTrainer``'s):
+        precision: ``fp32``, ``bf16`` (autocast, no scaler) or ``fp16`` (autocast
+            with a gradient scaler; CUDA only).
+        grad_clip: clip the gradient norm to this value when set.
+    """
+
+    def __init__(self, *args, precision: str = "fp32", grad_clip: float | None = None, **kwargs):
+        if kwargs.get("amp"):
+            raise ValueError("use precision='bf16' or 'fp16' instead of amp=True with TextGuidedTrainer")
+        super().__init__(*args, **kwargs)
+        autocast_context("cpu", precision)  # validates the value
+        self.precision = precision
+        self.grad_clip = grad_clip
+        self.grad_scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+
+    def _iteration(self, engine: "TextGuidedTrainer", batchdata: dict[str, Any]) -> dict:
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+        if len(batch) == 2:
+            inputs, targets = batch
+            args, kwargs = (), {}
+        else:
+            inputs, targets, args, kwargs = batch
+        engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
+
+        engine.network.train()
+        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+        with autocast_context(engine.state.device, self.precision):
+            outputs = engine.inferer(inputs, engine.network, *args, **kwargs)
+            engine.state.output[Keys.PRED] = outputs["pred"] if isinstance(outputs, dict) else outputs
+            engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+            terms = engine.loss_function(outputs, targets)
+        if not isinstance(terms, dict):
+            terms = {"loss": terms}
+        loss = terms["loss"].mean()
+        engine.state.output[Keys.LOSS] = loss
+        for name, value in terms.items():
+            if name != "loss":
+                engine.state.output[f"loss_{name}"] = value.detach().mean()
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
+
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"loss is {loss.item()} at epoch {engine.state.epoch}, iteration {engine.state.iteration}; "
+                "lower the learning rate or check the data"
+            )
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            self.grad_scaler.unscale_(engine.optimizer)
+            self._clip(engine)
+            self.grad_scaler.step(engine.optimizer)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            self._clip(engine)
+            engine.optimizer.step()
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output
+
+    def _clip(self, engine) -> None:
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(engine.network.parameters(), self.grad_clip)
+
+
+def loss_terms(output: Any) -> dict[str, float]:
+    """``output_transform`` for stats handlers: ``loss`` and every ``loss_<term>`` as floats."""
+    first = output[0] if isinstance(output, (list, tuple)) else output
+    return {k: float(v) for k, v in first.items() if k == Keys.LOSS or k.startswith("loss_")}
+
+
+class ProgressBar:
+    """ignite's tqdm progress bar as a MONAI-style handler (``attach(engine)``)."""
+
+    def __init__(self, output_transform: Callable | None = loss_terms, desc: str | None = None, persist: bool = False):
+        from ignite.handlers import ProgressBar as _IgniteProgressBar
+
+        self.bar = _IgniteProgressBar(persist=persist, desc=desc)
+        self.output_transform = output_transform
+
+    def attach(self, engine) -> None:
+        self.bar.attach(engine, output_transform=self.output_transform)
+
+
+def last_checkpoint(ckpt_dir: str, pattern: str = "checkpoint_epoch=*.pt") -> str | None:
+    """Path of the newest ``checkpoint_epoch=N.pt`` in ``ckpt_dir`` (highest N), or None."""
+    best, best_epoch = None, -1
+    for path in glob.glob(os.path.join(ckpt_dir, pattern)):
+        match = re.search(r"epoch=(\d+)", os.path.basename(path))
+        if match and int(match.group(1)) > best_epoch:
+            best, best_epoch = path, int(match.group(1))
+    return best
+
+
+def resume_path(resume: bool | str | None, ckpt_dir: str) -> str | None:
+    """What ``CheckpointLoader`` should load for config value ``resume``.
+
+    ``False``/``None``: nothing. ``True``/``"last"``: the newest epoch checkpoint in
+    ``ckpt_dir`` (error if none). A path: that file (error if missing).
+    """
+    resume = as_optional(resume)
+    if resume is None or resume is False or str(resume).lower() in ("false", "no", "0"):
+        return None
+    if resume is True or str(resume).lower() in ("true", "yes", "1", "last"):
+        path = last_checkpoint(ckpt_dir)
+        if path is None:
+            raise FileNotFoundError(f"resume: no checkpoint_epoch=*.pt in {ckpt_dir} to resume from")
+        return path
+    if not os.path.isfile(str(resume)):
+        raise FileNotFoundError(f"resume: checkpoint {resume} does not exist")
+    return str(resume)
+
+
+def load_model_weights(network: torch.nn.Module, path: str, key: str = "model", map_location="cpu") -> None:
+    """Load ``{key: state_dict}`` (as ``CheckpointSaver`` writes it) or a bare state dict into ``network``."""
+    if not path or not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path} does not exist: train first, or point the config at a model file")
+    state = torch.load(path, map_location=map_location, weights_only=True)
+    if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+        state = state[key]
+    unwrap(network).load_state_dict(state)
+
+
+def unwrap(network: torch.nn.Module) -> torch.nn.Module:
+    """The module inside DDP / DataParallel / torch.compile wrappers."""
+    while True:
+        if hasattr(network, "module") and isinstance(network.module, torch.nn.Module):
+            network = network.module
+        elif hasattr(network, "_orig_mod"):
+            network = network._orig_mod
+        else:
+            return network
+
+
+def trainable_parameters(network: torch.nn.Module) -> Sequence[torch.nn.Parameter]:
+    return [p for p in network.parameters() if p.requires_grad]
+
+
+def to_device(network: torch.nn.Module, device: torch.device | str, channels_last: bool = False) -> torch.nn.Module:
+    """Move ``network`` to ``device``, in channels-last memory format if asked (CUDA convnets)."""
+    network = network.to(device)
+    if as_bool(channels_last):
+        network = network.to(memory_format=torch.channels_last)
+    return network
+
+
+class ResumeHandler:
+    """Attach a ``CheckpointLoader`` for the checkpoint chosen by config value ``resume``.
+
+    ``resume`` is False/None (start fresh), True/``"last"`` (newest
+    ``checkpoint_epoch=N.pt`` in ``ckpt_dir``) or a file. The trainer's saved
+    state carries the epoch, so training continues where it stopped.
+    """
+
+    def __init__(self, resume, ckpt_dir: str, load_dict: dict, map_location=None):
+        self.resume = resume
+        self.ckpt_dir = ckpt_dir
+        self.load_dict = load_dict
+        self.map_location = map_location
+
+    def attach(self, engine) -> None:
+        from monai.handlers import CheckpointLoader
+
+        path = resume_path(self.resume, self.ckpt_dir)
+        if path is not None:
+            logging.getLogger(__name__).info("resuming from %s", path)
+            CheckpointLoader(load_path=path, load_dict=self.load_dict, map_location=self.map_location).attach(engine)
+
+
+def existing_checkpoint(path: str) -> str:
+    """``path`` if it is a file; otherwise an error that says how to get one."""
+    path = as_optional(path)
+    if path is None or not os.path.isfile(str(path)):
+        raise FileNotFoundError(
+            f"checkpoint {path} does not exist: train first (it is written to <output_dir>/models/model.pt), "
+            "or pass --checkpoint /path/to/model.pt"
+        )
+    return str(path)

@@ -1,0 +1,66 @@
+"""Image backbones that return a feature pyramid."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .config import as_optional
+from .errors import PretrainedWeightsError
+from .pretrained import hub_offline, resolve_checkpoint_file
+
+
+class TimmFeatureEncoder(nn.Module):
+    """A timm backbone (ConvNeXt by default) returning its stage outputs.
+
+    Args:
+        name: timm model name, e.g. ``convnext_tiny`` (the paper's) or
+            ``convnext_atto`` (a 3.4 M-parameter ConvNeXt used by the CPU demo).
+        weights: ``None`` for random initialisation, ``"timm"`` for timm's default
+            pretrained tag of ``name`` (fetched from the hub unless cached), or the
+            path of a local checkpoint file (``.pth``/``.safetensors`` of the
+            classification model, as timm saves it).
+        out_indices: which stages to return.
+        in_chans: input channels.
+        config_key: the config key ``weights`` came from, for error messages.
+
+    Attributes ``channels`` and ``reductions`` describe the returned maps.
+    """
+
+    def __init__(
+        self,
+        name: str = "convnext_tiny",
+        weights: str | None = None,
+        out_indices: Sequence[int] = (0, 1, 2, 3),
+        in_chans: int = 3,
+        config_key: str = "image_encoder_weights",
+    ):
+        super().__init__()
+        import timm
+
+        weights = as_optional(weights)
+
+        if name not in timm.list_models():
+            raise ValueError(f"unknown timm model '{name}' (config key 'image_encoder')")
+        kwargs = dict(features_only=True, out_indices=tuple(out_indices), in_chans=in_chans)
+        if weights is None:
+            self.body = timm.create_model(name, pretrained=False, **kwargs)
+        elif str(weights) == "timm":
+            try:
+                self.body = timm.create_model(name, pretrained=True, **kwargs)
+            except Exception as err:  # timm raises a variety of hub/network errors
+                hint = "HF_HUB_OFFLINE is set and the weights are not cached. " if hub_offline() else ""
+                raise PretrainedWeightsError(
+                    config_key, weights, f"timm's pretrained weights for '{name}'",
+                    hint + "Download them once, or set the key to a local checkpoint file.",
+                ) from err
+        else:
+            path = resolve_checkpoint_file(config_key, weights)
+            self.body = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
+        self.channels = list(self.body.feature_info.channels())
+        self.reductions = list(self.body.feature_info.reduction())
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return list(self.body(x))

@@ -1,0 +1,106 @@
+"""Inference glue: the records to predict and a handler that writes masks and overlays."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from ignite.engine import Events
+
+from .datasets import file_datalist
+from .visualize import save_overlay
+
+logger = logging.getLogger(__name__)
+
+MASK_EXTENSIONS = (".png", ".nii.gz", ".nii")
+
+
+def inference_records(image: str | None = None, text: str | None = None, datalist: str | None = None) -> list[dict]:
+    """One record from ``image`` + ``text``, or all records of a datalist file (JSON/JSONL/CSV: image, text)."""
+    if datalist:
+        return file_datalist(datalist)
+    if not image:
+        raise ValueError("give --image PATH and --text '...', or --datalist FILE with image and text columns")
+    if not Path(image).is_file():
+        raise FileNotFoundError(f"--image {image} does not exist")
+    if text is None or not str(text).strip():
+        raise ValueError(f"--text is empty for {image}: this model needs a text prompt")
+    return [{"image": str(image), "text": str(text)}]
+
+
+def _filename(value) -> str:
+    meta = getattr(value, "meta", None) or {}
+    name = meta.get("filename_or_obj", "")
+    return str(name[0] if isinstance(name, (list, tuple)) else name)
+
+
+def save_mask(path: Path, mask: np.ndarray, reference: str | None = None) -> Path:
+    """Write a (H, W) {0,1} mask as PNG (0/255) or NIfTI (affine of ``reference`` if it is NIfTI)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mask = (np.asarray(mask) > 0.5).astype(np.uint8)
+    if path.name.endswith((".nii", ".nii.gz")):
+        import nibabel as nib
+
+        affine = np.eye(4)
+        if reference and str(reference).endswith((".nii", ".nii.gz")):
+            affine = nib.load(reference).affine
+        nib.save(nib.Nifti1Image(mask, affine), str(path))
+    else:
+        from PIL import Image
+
+        Image.fromarray(mask * 255).save(path)
+    return path
+
+
+class PredictionWriter:
+    """Handler: for each predicted item write ``<stem>_mask<ext>`` and ``<stem>_overlay.png``.
+
+    Expects decollated outputs whose ``pred`` is the binary mask in the
+    original image's geometry (after ``Invertd``), and the prompt in the
+    batch's ``text``. PNG masks are in the image's row/column order; NIfTI
+    masks are in the order of the input array (and carry its affine when the
+    input is NIfTI).
+    """
+
+    def __init__(self, output_dir: str, mask_ext: str = ".png", overlay: bool = True):
+        if mask_ext not in MASK_EXTENSIONS:
+            raise ValueError(f"mask_ext must be one of {MASK_EXTENSIONS}, got {mask_ext!r}")
+        self.output_dir = Path(output_dir)
+        self.mask_ext = mask_ext
+        self.overlay = overlay
+        self.written: list[dict] = []
+
+    def attach(self, engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+        engine.add_event_handler(Events.COMPLETED, self.report)
+
+    def __call__(self, engine) -> None:
+        from transforms.io import LoadImageSafed
+
+        # MONAI engines decollate: state.batch and state.output are lists of per-sample dicts
+        texts = [record.get("text", "") for record in engine.state.batch]
+        loader = LoadImageSafed(keys="image")
+        for i, item in enumerate(engine.state.output):
+            source = _filename(item["image"])
+            stem = Path(source).name.split(".")[0] or f"image_{len(self.written):04d}"
+            pred = item["pred"].detach().float().cpu().numpy()
+            mask = pred[0] if pred.ndim == 3 else pred
+            mask_path = save_mask(self.output_dir / f"{stem}_mask{self.mask_ext}", mask, reference=source)
+            entry = {"image": source, "text": texts[i], "mask": str(mask_path), "foreground_pixels": int((mask > 0.5).sum())}
+            if self.overlay:
+                original = loader({"image": source})["image"].float().numpy() if source else item["image"].numpy()
+                if original.shape[-2:] != mask.shape[-2:]:
+                    original = item["image"].detach().float().cpu().numpy()
+                entry["overlay"] = str(save_overlay(
+                    self.output_dir / f"{stem}_overlay.png", original, mask, None,
+                    title=f"prompt: {texts[i]}", caption="red: predicted mask",
+                ))
+            self.written.append(entry)
+
+    def report(self, engine) -> None:
+        for entry in self.written:
+            logger.info("%s -> %s", entry["image"], entry["mask"])
+        print(f"wrote {len(self.written)} mask(s) and overlay(s) to {self.output_dir}")

