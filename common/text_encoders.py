@@ -87,7 +87,11 @@ class HFTextEncoder(nn.Module):
     def _cached_encode(self, text_ids: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
         rows = torch.cat([text_ids, text_mask], dim=1).cpu().numpy()
         keys = [row.tobytes() for row in rows]
-        missing = [i for i, k in enumerate(keys) if k not in self._cache]
+        first_index: dict[bytes, int] = {}
+        for i, k in enumerate(keys):
+            if k not in self._cache:
+                first_index.setdefault(k, i)
+        missing = list(first_index.values())
         if missing:
             index = torch.as_tensor(missing, device=text_ids.device)
             feats = self._encode(text_ids[index], text_mask[index])

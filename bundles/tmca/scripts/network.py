@@ -92,7 +92,7 @@ class GuidedDecoderBlock(nn.Module):
 
 
 def language_enhancement_map(
-    image: torch.Tensor, text_global: torch.Tensor, temperature: float, mean_one: bool = True
+    image: torch.Tensor, text_global: torch.Tensor, temperature: float, mean_one: bool = True, scale_factor: int = 2
 ) -> torch.Tensor:
     """LTEM (eq. 2): softmax over positions of cos(I_i, T_g) / τ3, upsampled x2.
 
@@ -103,15 +103,19 @@ def language_enhancement_map(
         mean_one: multiply the softmax map by H*W so that it averages 1 and a
             uniform map leaves the gated features unchanged (our choice; the paper
             multiplies by the softmax map itself, ``mean_one=False``).
+        scale_factor: bilinear upsampling to the decoder block's output size.
     Returns:
-        (B, 1, 2H, 2W) enhancement map.
+        (B, 1, 2H, 2W) enhancement map (for ``scale_factor=2``).
     """
     b, c, h, w = image.shape
     sim = torch.einsum("bcn,bc->bn", F.normalize(image.flatten(2), dim=1), F.normalize(text_global, dim=1))
     weights = torch.softmax(sim.float() / temperature, dim=1).to(image.dtype)
     if mean_one:
         weights = weights * (h * w)
-    return F.interpolate(weights.reshape(b, 1, h, w), scale_factor=2, mode="bilinear", align_corners=False)
+    weights = weights.reshape(b, 1, h, w)
+    if scale_factor == 1:
+        return weights
+    return F.interpolate(weights, scale_factor=scale_factor, mode="bilinear", align_corners=False)
 
 
 class TMCA(nn.Module):
