@@ -35,17 +35,25 @@ class TextPrepareBatch(PrepareBatchExtraInput):
     Args:
         text_keys: mapping network keyword -> batch key.
         channels_last: convert 4-D images to ``torch.channels_last``.
+        plain_tensors: hand the network plain tensors instead of MONAI ``MetaTensor`` s
+            (faster, and needed by ``torch.compile``); keep False where a post-transform
+            inverts the preprocessing from the image's metadata.
     """
 
-    def __init__(self, text_keys: dict[str, str] | None = None, channels_last: bool = False):
+    def __init__(self, text_keys: dict[str, str] | None = None, channels_last: bool = False,
+                 plain_tensors: bool = False):
         super().__init__(extra_keys=text_keys or {"text_ids": "text_ids", "text_mask": "text_mask"})
         self.channels_last = as_bool(channels_last)
+        self.plain_tensors = as_bool(plain_tensors)
 
     def __call__(self, batchdata, device=None, non_blocking: bool = False, **kwargs):
         missing = [k for k in self.extra_keys.values() if k not in batchdata]
         if missing:
             raise KeyError(f"the batch has no {missing}: add TokenizeTextd to the transforms")
         image, label, args, kwargs_ = super().__call__(batchdata, device, non_blocking, **kwargs)
+        if self.plain_tensors:
+            image = image.as_tensor() if hasattr(image, "as_tensor") else image
+            label = label.as_tensor() if hasattr(label, "as_tensor") else label
         if self.channels_last and image.ndim == 4:
             image = image.contiguous(memory_format=torch.channels_last)
         return image, label, args, kwargs_
@@ -211,11 +219,19 @@ def trainable_parameters(network: torch.nn.Module) -> Sequence[torch.nn.Paramete
     return [p for p in network.parameters() if p.requires_grad]
 
 
-def to_device(network: torch.nn.Module, device: torch.device | str, channels_last: bool = False) -> torch.nn.Module:
-    """Move ``network`` to ``device``, in channels-last memory format if asked (CUDA convnets)."""
+def prepare_network(
+    network: torch.nn.Module, device: torch.device | str, channels_last: bool = False, compile: bool = False
+) -> torch.nn.Module:
+    """Move ``network`` to ``device``, channels-last if asked (CUDA convnets), ``torch.compile`` if asked.
+
+    Save and load weights through :func:`unwrap` so that checkpoints carry no
+    ``_orig_mod.`` / ``module.`` prefixes.
+    """
     network = network.to(device)
     if as_bool(channels_last):
         network = network.to(memory_format=torch.channels_last)
+    if as_bool(compile):
+        network = torch.compile(network)
     return network
 
 

@@ -62,7 +62,7 @@ class PerImageRecorder:
             record = engine.state.batch[i]
             texts, labels = {i: record.get("text", "")}, {i: record.get("label_path", "")}
             pred, label = item["pred"], item["label"]
-            image_file = _filename(item["image"])
+            image_file = _filename(record.get("image")) or _filename(item["image"])
             scores = binary_scores(pred, label)
             row = {"mode": self.mode, "image": image_file, "label": labels[i], "text": texts[i], **scores}
             self.rows.append(row)

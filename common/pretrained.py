@@ -15,6 +15,8 @@ import importlib
 import os
 from pathlib import Path
 
+import torch
+
 from .errors import PretrainedWeightsError
 
 # Python packages that ship a Hugging Face model folder; the name can be used in
@@ -77,7 +79,10 @@ def load_hf_text_model(key: str, value: str, trust_remote_code: bool = False):
 
     source = resolve_hf_model(key, value)
     try:
-        return AutoModel.from_pretrained(source, trust_remote_code=trust_remote_code, local_files_only=hub_offline())
+        # float32 whatever the checkpoint stores; autocast lowers precision where it is asked for
+        return AutoModel.from_pretrained(
+            source, trust_remote_code=trust_remote_code, local_files_only=hub_offline(), dtype=torch.float32
+        )
     except (OSError, ValueError) as err:
         if Path(source).is_dir():
             raise PretrainedWeightsError(key, value, f"model weights in {source}", str(err).splitlines()[0]) from err

