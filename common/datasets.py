@@ -135,15 +135,11 @@ def lvit_datalist(
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if not root.is_dir():
         raise DatasetError(root, "dataset folder does not exist")
-    carve_val = False
-    try:
-        split_dir = _first_existing(root, _SPLIT_DIRS[split], f"{split} folder")
-    except DatasetError:
-        if split != "val":
-            raise
-        split_dir = _first_existing(root, _SPLIT_DIRS["train"], "train folder")
-        carve_val = True
-    file_split = "train" if carve_val else split
+    has_val_folder = any((root / n).is_dir() for n in _SPLIT_DIRS["val"])
+    # without a validation folder (QaTa), train and val are carved from the training rows
+    carve = split in ("train", "val") and not has_val_folder
+    file_split = "train" if carve else split
+    split_dir = _first_existing(root, _SPLIT_DIRS[file_split], f"{file_split} folder")
     if text_file is None:
         cap = file_split.capitalize()
         names = [f"{cap}_text.xlsx", f"{file_split}.csv", f"{cap}_text.csv"]
@@ -153,11 +149,9 @@ def lvit_datalist(
                                f"in {split_dir}, {root}, {root / 'prompt'}")
     text_file = Path(text_file)
     rows = read_text_table(text_file)
-    if split in ("train", "val") and (carve_val or split == "train"):
-        has_val_folder = any((root / n).is_dir() for n in _SPLIT_DIRS["val"])
-        if not has_val_folder:
-            n_val = int(round(len(rows) * val_fraction))
-            rows = rows[len(rows) - n_val:] if split == "val" else rows[: len(rows) - n_val]
+    if carve:
+        n_val = int(round(len(rows) * val_fraction))
+        rows = rows[len(rows) - n_val:] if split == "val" else rows[: len(rows) - n_val]
     image_dir = _first_existing(split_dir, _IMAGE_DIRS, "image folder")
     mask_dir = _first_existing(split_dir, _MASK_DIRS, "mask folder")
     records = []
@@ -172,7 +166,7 @@ def _warn_unlisted(image_dir: Path, records: list[dict], text_file: Path) -> Non
     listed = {Path(r["image"]).name for r in records}
     on_disk = {p.name for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
     unlisted = on_disk - listed
-    if unlisted and len(records) >= len(on_disk) * 0.5:
+    if unlisted:
         logger.info("%d images in %s have no row in %s for this split (used by another split or unlabelled)",
                     len(unlisted), image_dir, text_file)
 

@@ -88,6 +88,10 @@ class TextGuidedTrainer(SupervisedTrainer):
     def __init__(self, *args, precision: str = "fp32", grad_clip: float | None = None, **kwargs):
         if kwargs.get("amp"):
             raise ValueError("use precision='bf16' or 'fp16' instead of amp=True with TextGuidedTrainer")
+        if kwargs.get("compile"):
+            raise ValueError("compile the network itself (common.engine.prepare_network(..., compile=True))")
+        if kwargs.get("accumulation_steps", 1) != 1:
+            raise ValueError("TextGuidedTrainer does not accumulate gradients; raise batch_size instead")
         super().__init__(*args, **kwargs)
         autocast_context("cpu", precision)  # validates the value
         self.precision = precision

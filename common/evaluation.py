@@ -43,8 +43,8 @@ def _filename(meta_source) -> str:
 class PerImageRecorder:
     """Handler: per-image scores and overlays from a ``SupervisedEvaluator``'s decollated output.
 
-    Reads the image file name from the image's metadata and the prompt from the
-    batch's ``text`` key.
+    Reads the image file name from the image's metadata, the prompt from the
+    batch's ``text`` and the mask file from its ``label_path``.
     """
 
     def __init__(self, mode: str, overlay_dir: str | Path | None = None, num_overlays: int = 0):
@@ -58,13 +58,12 @@ class PerImageRecorder:
 
     def __call__(self, engine) -> None:
         # MONAI engines decollate: state.batch and state.output are lists of per-sample dicts
-        for i, item in enumerate(engine.state.output):
-            record = engine.state.batch[i]
-            texts, labels = {i: record.get("text", "")}, {i: record.get("label_path", "")}
+        for record, item in zip(engine.state.batch, engine.state.output):
+            text = record.get("text", "")
             pred, label = item["pred"], item["label"]
             image_file = _filename(record.get("image")) or _filename(item["image"])
             scores = binary_scores(pred, label)
-            row = {"mode": self.mode, "image": image_file, "label": labels[i], "text": texts[i], **scores}
+            row = {"mode": self.mode, "image": image_file, "label": record.get("label_path", ""), "text": text, **scores}
             self.rows.append(row)
             if self.overlay_dir is not None and len(self.rows) <= self.num_overlays:
                 stem = Path(image_file).stem or f"sample_{len(self.rows):04d}"
@@ -73,7 +72,7 @@ class PerImageRecorder:
                     item["image"].detach().float().cpu().numpy(),
                     pred.detach().float().cpu().numpy()[0],
                     label.detach().float().cpu().numpy()[0],
-                    title=f"[{self.mode} text] {texts[i]!s}" if texts[i] else f"[{self.mode} text] (empty)",
+                    title=f"[{self.mode} text] {text or '(empty)'}",
                     caption=f"Dice {scores['dice']:.3f}  IoU {scores['iou']:.3f}   green: ground truth, red: prediction",
                 )
 

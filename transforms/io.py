@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Hashable, Mapping, Sequence
+from typing import Hashable, Mapping
 
 from monai.config import KeysCollection
 from monai.data import PILReader
@@ -44,12 +44,3 @@ class LoadImageSafed(MapTransform):
                 raise DatasetError(path, f"cannot read {key} file ({type(err).__name__}: {err})") from err
         return d
 
-
-def is_raster(path: str | os.PathLike) -> bool:
-    return str(path).lower().endswith(PIL_EXTENSIONS)
-
-
-def check_keys(data: Mapping, keys: Sequence[str], where: str) -> None:
-    missing = [k for k in keys if k not in data]
-    if missing:
-        raise DatasetError(where, f"record has no {missing}")
