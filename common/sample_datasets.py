@@ -165,3 +165,25 @@ def write_sample_dataset(dataset: str, out_dir: str | Path, n: int = 60, size: i
     if dataset == "mosmed":
         return write_mosmed(root, n, size, rng)
     return _write_polyps(root, dataset, n, size, rng)
+
+
+_MARKERS = {
+    "qata": "prompt/test.csv",
+    "mosmed": "Test Set/Test_text.xlsx",
+    "kvasir": "anns/test.json",
+    "bkai": "anns/test.json",
+}
+
+
+def ensure_sample_dataset(dataset: str, out_dir: str | Path, n: int = 240, size: int = 128, seed: int = 0) -> str:
+    """The folder of a sample dataset under ``out_dir``, written first if it is not there yet.
+
+    ``demo.yaml`` uses it as its ``dataset_dir``, so the demo config runs on a fresh clone.
+    """
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+    folder = Path(out_dir) / FOLDERS[dataset]
+    if not (folder / _MARKERS[dataset]).is_file():
+        print(f"writing {n} synthetic {size}x{size} {dataset} images to {folder}", flush=True)
+        write_sample_dataset(dataset, out_dir, n=n, size=size, seed=seed)
+    return str(folder)

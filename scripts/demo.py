@@ -18,7 +18,7 @@ from pathlib import Path
 import fire
 
 from _repo import ROOT
-from common.sample_datasets import write_sample_dataset
+from common.sample_datasets import ensure_sample_dataset
 
 CONFIGS = "['bundles/tmca/configs/train.yaml','bundles/tmca/configs/demo.yaml']"
 EVAL_CONFIGS = "['bundles/tmca/configs/train.yaml','bundles/tmca/configs/demo.yaml','bundles/tmca/configs/evaluate.yaml']"
@@ -34,10 +34,7 @@ def main(epochs: int = 20, n: int = 240, size: int = 128, data_dir: str = "sampl
          output_dir: str = "runs/tmca_demo", progress_bar: bool = False) -> None:
     """Train, evaluate and run TMCA on a synthetic Kvasir-SEG-style set (CPU: a few minutes)."""
     start = time.time()
-    dataset_dir = Path(data_dir) / "Kvasir-SEG"
-    if not (ROOT / dataset_dir / "anns" / "test.json").is_file():
-        print(f"writing {n} synthetic {size}x{size} images to {dataset_dir}", flush=True)
-        write_sample_dataset("kvasir", ROOT / data_dir, n=n, size=size, seed=0)
+    dataset_dir = Path(ensure_sample_dataset("kvasir", ROOT / data_dir, n=n, size=size, seed=0))
     common = ["--dataset_dir", str(dataset_dir), "--output_dir", output_dir, "--progress_bar", str(progress_bar)]
     py = [sys.executable, "-m", "monai.bundle", "run"]
     _run(py + ["training", "--config_file", CONFIGS, "--epochs", str(epochs)] + common)
