@@ -9,7 +9,7 @@ import importlib
 
 __all__ = [
     "config", "contrastive", "datasets", "engine", "errors", "evaluation", "image_encoders", "inference",
-    "metrics", "pretrained", "sample_datasets", "synthetic", "text_encoders", "visualize",
+    "metrics", "pretrained", "referring_ct", "sample_datasets", "synthetic", "text_encoders", "visualize",
 ]
 
 

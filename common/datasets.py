@@ -23,6 +23,8 @@ Layouts (``dataset_dir`` is the folder the dataset was unpacked into):
   ``anns/``, ``prompts/`` or the top folder) of ``{img_name, mask_name, bbox,
   prompts: {p0..p9}}``; ``prompt_level`` picks the prompt (p7-p9 are lists,
   sampled during training).
+* ``refct``: referring lesion records in CT, ``{train,val,test}.jsonl`` as
+  :mod:`common.referring_ct` defines them (what ``scripts/build_referring_ct.py`` writes).
 * ``datalist``: a JSON list, JSONL or CSV file of ``image, label, text``
   records (paths relative to the file), for anything else.
 """
@@ -42,7 +44,7 @@ from .errors import DatasetError
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
-FORMATS = ("qata", "mosmed", "kvasir", "bkai", "datalist")
+FORMATS = ("qata", "mosmed", "kvasir", "bkai", "refct", "datalist")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 _SPLIT_DIRS = {
@@ -311,6 +313,10 @@ def build_datalist(
         records = lvit_datalist(dataset_dir, split, text_file=text_file, val_fraction=val_fraction)
     elif dataset_format in ("kvasir", "bkai"):
         records = prompt_json_datalist(dataset_dir, split, prompt_level=prompt_level, prompt_file=text_file)
+    elif dataset_format == "refct":
+        from .referring_ct import referring_datalist
+
+        records = referring_datalist(text_file or dataset_dir, split)
     else:
         path = Path(text_file or dataset_dir)
         if path.is_dir():

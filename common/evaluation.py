@@ -96,7 +96,7 @@ class SegmentationEvaluation:
         prepare_batch: e.g. :class:`common.engine.TextPrepareBatch`.
         device: torch device.
         checkpoint: a model checkpoint file (``{"model": state_dict}``) or None.
-        text_modes: any of ``true``, ``shuffled``, ``empty``.
+        text_modes: any of ``own``, ``shuffled``, ``empty``, ``half``, ``quarter``.
         threshold: probability threshold on the sigmoid output.
         batch_size, num_workers: data loading.
         num_overlays: overlay PNGs written per mode.
@@ -219,6 +219,8 @@ def summary_markdown(summary: Mapping[str, Mapping[str, float]]) -> str:
         "own": "its own",
         "shuffled": "another image's (shuffled)",
         "empty": "empty",
+        "half": "its own, first 1/2 of the phrases",
+        "quarter": "its own, first 1/4 of the phrases",
     }
     own_dice = summary.get("own", {}).get("dice")
     lines = [

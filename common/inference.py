@@ -18,8 +18,12 @@ logger = logging.getLogger(__name__)
 MASK_EXTENSIONS = (".png", ".nii.gz", ".nii")
 
 
-def inference_records(image: str | None = None, text: str | None = None, datalist: str | None = None) -> list[dict]:
-    """One record from ``image`` + ``text``, or all records of a datalist file (JSON/JSONL/CSV: image, text)."""
+def inference_records(image: str | None = None, text: str | None = None, datalist: str | None = None,
+                      slice: int | None = None) -> list[dict]:
+    """One record from ``image`` + ``text``, or all records of a datalist file (JSON/JSONL/CSV: image, text).
+
+    ``slice``: the axial index when ``image`` is a 3-D volume (records of a datalist carry their own).
+    """
     if datalist:
         return file_datalist(datalist)
     if not image:
@@ -28,7 +32,10 @@ def inference_records(image: str | None = None, text: str | None = None, datalis
         raise FileNotFoundError(f"--image {image} does not exist")
     if text is None or not str(text).strip():
         raise ValueError(f"--text is empty for {image}: this model needs a text prompt")
-    return [{"image": str(image), "text": str(text)}]
+    record = {"image": str(image), "text": str(text)}
+    if slice is not None:
+        record["slice"] = int(slice)
+    return [record]
 
 
 def _filename(value) -> str:
@@ -82,10 +89,13 @@ class PredictionWriter:
 
         # MONAI engines decollate: state.batch and state.output are lists of per-sample dicts
         texts = [record.get("text", "") for record in engine.state.batch]
+        slices = [record.get("slice") for record in engine.state.batch]
         loader = LoadImageSafed(keys="image")
         for i, item in enumerate(engine.state.output):
             source = _filename(item["image"])
             stem = Path(source).name.split(".")[0] or f"image_{len(self.written):04d}"
+            if slices[i] is not None:  # one slice of a volume
+                stem = f"{stem}_z{int(slices[i]):03d}"
             pred = item["pred"].detach().float().cpu().numpy()
             mask = pred[0] if pred.ndim == 3 else pred
             mask_path = save_mask(self.output_dir / f"{stem}_mask{self.mask_ext}", mask, reference=source)

@@ -4,6 +4,7 @@ from .checks import CheckSameSized
 from .image import EnsureChannelsd
 from .io import LoadImageSafed
 from .masks import BinarizeMaskd, ColorMaskToLabeld
+from .referring import LoadReferringSliced, SelectLesiond
 from .text import SelectTextd, ShuffleTexts, TokenizeTextd
 
 __all__ = [
@@ -12,6 +13,8 @@ __all__ = [
     "ColorMaskToLabeld",
     "EnsureChannelsd",
     "LoadImageSafed",
+    "LoadReferringSliced",
+    "SelectLesiond",
     "SelectTextd",
     "ShuffleTexts",
     "TokenizeTextd",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import random
+import re
 from typing import Hashable, Mapping, Sequence
 
 import numpy as np
@@ -114,12 +116,30 @@ class TokenizeTextd(MapTransform):
         return d
 
 
+def keep_phrases(text, fraction: float):
+    """The first ``ceil(fraction * n)`` (at least one) of a text's ``n`` comma/semicolon-separated phrases.
+
+    LSMS's partial-text rows (1/4, 1/2) keep part of each expression's attribute
+    phrases; lists of prompts are cut one by one.
+    """
+    if isinstance(text, (list, tuple)):
+        return [keep_phrases(t, fraction) for t in text]
+    if not isinstance(text, str) or not text.strip():
+        return text
+    phrases = [p.strip() for p in re.split(r"[,;]", text) if p.strip()]
+    keep = max(1, math.ceil(fraction * len(phrases) - 1e-9))
+    out = ", ".join(phrases[:keep])
+    return out if keep < len(phrases) else text
+
+
 class ShuffleTexts:
     """Datalist-level text ablation: ``own`` keeps each record's text, ``shuffled`` permutes them
-    across the records (a derangement where possible, seeded), ``empty`` blanks them.
+    across the records (a derangement where possible, seeded), ``empty`` blanks them, ``half`` and
+    ``quarter`` keep the first half / quarter of each text's phrases (:func:`keep_phrases`).
     """
 
-    MODES = ("own", "shuffled", "empty")
+    MODES = ("own", "shuffled", "empty", "half", "quarter")
+    FRACTIONS = {"half": 0.5, "quarter": 0.25}
 
     def __init__(self, mode: str = "own", seed: int = 0, key: str = "text"):
         if mode not in self.MODES:
@@ -131,6 +151,9 @@ class ShuffleTexts:
         if self.mode == "empty":
             for r in records:
                 r[self.key] = ""
+        elif self.mode in self.FRACTIONS:
+            for r in records:
+                r[self.key] = keep_phrases(r[self.key], self.FRACTIONS[self.mode])
         elif self.mode == "shuffled" and len(records) > 1:
             order = list(range(len(records)))
             rng = random.Random(self.seed)

@@ -1,0 +1,1 @@
+"""LSMS bundle code: network, Hamburger head, losses."""
