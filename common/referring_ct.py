@@ -106,7 +106,7 @@ def load_volume(path: str | Path, kind: str):
     if volume.ndim != 4 or volume.shape[0] != 1:
         raise DatasetError(path, f"{kind} must be a single-channel 3-D volume, got array shape {tuple(volume.shape)}")
     spacing = voxel_spacing(volume, path, kind)
-    volume = Orientation(axcodes="RAS")(volume)
+    volume = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))(volume)  # MONAI loads in RAS space
     volume.meta["checked_spacing"] = spacing
     return volume
 
@@ -114,13 +114,30 @@ def load_volume(path: str | Path, kind: str):
 def voxel_spacing(volume, path: Path, kind: str) -> tuple[float, float, float]:
     """Voxel sizes (mm) from the affine; a missing/zero/non-finite spacing raises."""
     affine = np.asarray(volume.affine, dtype=float)
-    pixdim = volume.meta.get("pixdim")
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
-    header_zero = pixdim is not None and np.any(np.asarray(pixdim, dtype=float)[1:4] <= 0)
-    if header_zero or not np.all(np.isfinite(spacing)) or np.any(spacing <= 1e-6):
+    if _nifti_pixdim_missing(path) or not np.all(np.isfinite(spacing)) or np.any(spacing <= 1e-6):
         raise DatasetError(path, f"{kind} has no valid voxel spacing (affine gives {spacing.round(4).tolist()}); "
                                  "diameters in mm need it: fix the header (pixdim / spacing)")
     return tuple(float(s) for s in spacing)
+
+
+def _nifti_pixdim_missing(path: Path) -> bool:
+    """True for a NIfTI file whose raw header has zero/non-finite voxel sizes (nibabel would silently use 1 mm)."""
+    import gzip
+    import io
+
+    import nibabel as nib
+
+    name = path.name.lower()
+    if not name.endswith((".nii", ".nii.gz")):
+        return False
+    opener = gzip.open if name.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        raw = f.read(540)
+    header_class = nib.Nifti2Header if int.from_bytes(raw[:4], "little") in (540, 0x1C020000) else nib.Nifti1Header
+    header = header_class.from_fileobj(io.BytesIO(raw), check=False)
+    pixdim = np.asarray(header["pixdim"], dtype=float)[1:4]
+    return bool(np.any(~np.isfinite(pixdim)) or np.any(pixdim <= 0))
 
 
 def check_pair(ct, labels, ct_path: Path, label_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""Write small synthetic datasets in the QaTa-COV19, MosMedData+, Kvasir-SEG and BKAI-IGH layouts.
+"""Write small synthetic datasets in the QaTa-COV19, MosMedData+, Kvasir-SEG and BKAI-IGH layouts,
+and synthetic CT volumes with lesions turned into referring records (``refct``, for LSMS).
 
 The prompt of each image names one of its two or three blobs by size and
 position and the mask holds only that one, so a model must read the text to
@@ -6,18 +7,24 @@ score well.
 
     python scripts/make_sample_data.py --out_dir sample_data                # all four, 60 images each
     python scripts/make_sample_data.py --out_dir sample_data --datasets kvasir --n 200 --size 128
+    python scripts/make_sample_data.py --out_dir sample_data --datasets refct --n 24   # n CT volumes
 """
 
 import _repo  # noqa: F401  (puts the repository root on sys.path)
 import fire
 
+from common.referring_ct import ensure_sample_referring_ct
 from common.sample_datasets import DATASETS, write_sample_dataset
 
 
 def main(out_dir: str = "sample_data", datasets=DATASETS, n: int = 60, size: int = 128, seed: int = 0) -> None:
-    """Write ``n`` images of each dataset in ``datasets`` (one name or a list) under ``out_dir``."""
+    """Write ``n`` images (``refct``: ``n`` volumes) of each dataset in ``datasets`` (one name or a list) under ``out_dir``."""
     names = [datasets] if isinstance(datasets, str) else list(datasets)
     for i, name in enumerate(names):
+        if name == "refct":
+            path = ensure_sample_referring_ct(out_dir, n_cases=n, size=size, seed=seed + i)
+            print(f"refct: {n} CT volumes of {size}x{size}x16 and their referring records in {path}")
+            continue
         path = write_sample_dataset(name, out_dir, n=n, size=size, seed=seed + i)
         print(f"{name}: {n} images of {size}x{size} in {path}")
 

@@ -1,9 +1,6 @@
 """The TMCA bundle through `python -m monai.bundle`, as a user runs it (subprocesses, CPU)."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -13,6 +10,7 @@ import torch
 import yaml
 from PIL import Image
 
+from bundle_runner import bundle
 from common.sample_datasets import write_sample_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,19 +22,6 @@ MODEL = ["--image_size", "64", "--image_encoder", "convnext_atto", "--text_encod
          "--text_trust_remote_code", "False"]
 
 pytestmark = pytest.mark.bundle
-
-
-def bundle(*args, cwd=ROOT, check=True, torchrun=False):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", TRANSFORMERS_VERBOSITY="error", OMP_NUM_THREADS="1")
-    if torchrun:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
-               "-m", "monai.bundle", "run", *args]
-    else:
-        cmd = [sys.executable, "-m", "monai.bundle", "run", *args]
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
-    return proc
 
 
 @pytest.fixture(scope="module")

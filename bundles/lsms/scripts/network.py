@@ -189,7 +189,7 @@ class LSMS(nn.Module):
             ignored (may be None) when ``use_text`` is False.
         in_channels, out_channels: image channels, output maps (1: lesion logit).
         depths, channels: blocks and widths of the four stages (Table I).
-        mlp_ratios: FFN expansion per stage.
+        mlp_ratios: FFN expansion per stage (not in the paper; 2 gives its 8.78 M image network).
         kernels: the ConvUnit strip lengths d_j (Table III(a)).
         use_text: language branch + contrastive features on (False: "LSMS without text").
         pixel_map: the PM product in the language branch (Table III(b)).
@@ -210,7 +210,7 @@ class LSMS(nn.Module):
         out_channels: int = 1,
         depths: Sequence[int] = (3, 3, 5, 2),
         channels: Sequence[int] = (64, 128, 320, 512),
-        mlp_ratios: Sequence[float] = (4, 4, 4, 4),
+        mlp_ratios: Sequence[float] = (2, 2, 2, 2),
         kernels: Sequence[int] = (7, 11, 21),
         use_text: bool = True,
         pixel_map: bool = True,
@@ -266,6 +266,9 @@ class LSMS(nn.Module):
 
     def forward(self, image: torch.Tensor, text_ids: torch.Tensor | None = None,
                 text_mask: torch.Tensor | None = None):
+        if min(image.shape[-2:]) < 64:
+            # 1/32 of the input must leave more than one pixel for the instance norms of the last stage
+            raise ValueError(f"LSMS needs images of at least 64x64 pixels, got {tuple(image.shape[-2:])}")
         words, word_mask = self.encode_text(text_ids, text_mask)
         features = []
         x = image

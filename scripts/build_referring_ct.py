@@ -1,0 +1,52 @@
+"""Build a referring-lesion dataset (JSONL records, see common/referring_ct.py) from CT + lesion labels.
+
+    python scripts/build_referring_ct.py --ct /data/ct --labels /data/lesions --out_dir /data/refct
+    python scripts/build_referring_ct.py --pairs pairs.csv --out_dir /data/refct      # columns ct,label[,case]
+    # LiTS-style labels (1 liver, 2 tumour): split tumour voxels into 3-D connected lesions
+    python scripts/build_referring_ct.py --pairs lits.csv --out_dir /data/refct \
+        --lesion_values "[2]" --connected_components True
+
+Volumes are read through MONAI (nibabel for NIfTI, ITK for MHA/NRRD/DICOM series
+files ...) and reoriented to RAS. For every axial slice that contains lesions it
+writes the windowed slice and its lesion-id map as PNGs (``--output_format png``,
+the default) or refers to the volumes themselves (``volume``), and one record per
+lesion whose text names its size rank, side and diameter. Cases are split into
+train/val/test by patient. Train LSMS on the result with
+``--dataset_format refct --dataset_dir <out_dir>``.
+"""
+
+import _repo  # noqa: F401  (puts the repository root on sys.path)
+
+import fire
+
+from common.referring_ct import ABDOMINAL_WINDOW, build_referring_dataset, find_pairs
+
+
+def main(out_dir: str, ct: str | None = None, labels: str | None = None, pairs: str | None = None,
+         output_format: str = "png", val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0,
+         lesion_values: list | None = None, connected_components: bool = False,
+         window_hu: tuple = ABDOMINAL_WINDOW, min_lesion_pixels: int = 4) -> None:
+    """Write ``train/val/test.jsonl`` and ``dataset.json`` under ``out_dir``; prints the record counts.
+
+    Args:
+        out_dir: output folder.
+        ct: a CT volume, or a folder of them.
+        labels: its lesion-label volume, or a folder with label volumes of the same file names.
+        pairs: instead of ct/labels, a CSV with columns ``ct,label[,case]`` (paths relative to it).
+        output_format: ``png`` (windowed slice PNGs) or ``volume`` (records point at the volumes).
+        val_fraction, test_fraction, seed: patient-level split.
+        lesion_values: label values that are lesions (default: every value > 0, each one lesion).
+        connected_components: split the lesion voxels into 3-D connected components.
+        window_hu: (low, high) HU window; default abdominal (-160, 240).
+        min_lesion_pixels: lesion cross-sections smaller than this are not referred to.
+    """
+    counts = build_referring_dataset(
+        find_pairs(ct, labels, pairs), out_dir, output_format=output_format, val_fraction=val_fraction,
+        test_fraction=test_fraction, seed=seed, lesion_values=lesion_values,
+        connected_components=connected_components, window_hu=window_hu, min_lesion_pixels=min_lesion_pixels,
+    )
+    print(f"records: {counts}; wrote {out_dir}/{{train,val,test}}.jsonl")
+
+
+if __name__ == "__main__":
+    fire.Fire(main)

