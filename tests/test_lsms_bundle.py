@@ -10,6 +10,7 @@ import yaml
 from PIL import Image
 
 from bundle_runner import bundle
+from bundle_runner import train_args as bundle_train_args
 from common.referring_ct import ensure_sample_referring_ct
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,9 +31,7 @@ def data(tmp_path_factory) -> Path:
 
 
 def train_args(data, out, *extra):
-    return ["training", "--config_file", TRAIN, "--dataset_dir", str(data), "--output_dir", str(out),
-            "--epochs", "1", "--batch_size", "4", "--limit", "4", "--num_workers", "0", "--progress_bar", "false",
-            "--image_size", "64", *extra]
+    return bundle_train_args(TRAIN, data, out, *extra)
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +99,15 @@ def test_inferring_a_png_slice_and_a_volume_slice(data, trained, tmp_path):
     no_slice = bundle("inferring", "--config_file", str(CONFIGS / "inference.yaml"), "--checkpoint", ckpt, "--image",
                       str(volume), "--text", "x", *MODEL, check=False)
     assert no_slice.returncode != 0 and "no 'slice' index" in no_slice.stderr
+
+
+def test_one_iteration_on_mosmed_text_augmented_data(tmp_path):
+    from common.sample_datasets import write_sample_dataset
+
+    mosmed = write_sample_dataset("mosmed", tmp_path / "data", n=12, size=64, seed=0)
+    proc = bundle(*train_args(mosmed, tmp_path / "out", "--dataset_format", "mosmed"))
+    assert "checkpoints:" in proc.stdout
+    assert (tmp_path / "out" / "models" / "model.pt").is_file()
 
 
 def test_training_on_a_record_without_its_lesion_names_the_file(data, tmp_path):

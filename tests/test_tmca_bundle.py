@@ -11,6 +11,7 @@ import yaml
 from PIL import Image
 
 from bundle_runner import bundle
+from bundle_runner import train_args as bundle_train_args
 from common.sample_datasets import write_sample_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,9 +31,7 @@ def data(tmp_path_factory) -> Path:
 
 
 def train_args(data, out, *extra):
-    return ["training", "--config_file", TRAIN, "--dataset_dir", str(data), "--output_dir", str(out),
-            "--epochs", "1", "--batch_size", "4", "--limit", "4", "--num_workers", "0", "--progress_bar", "false",
-            "--image_size", "64", *extra]
+    return bundle_train_args(TRAIN, data, out, *extra)
 
 
 @pytest.fixture(scope="module")
