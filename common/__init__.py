@@ -10,6 +10,7 @@ import importlib
 __all__ = [
     "config", "contrastive", "datasets", "engine", "errors", "evaluation", "image_encoders", "inference",
     "metrics", "pretrained", "referring_ct", "sample_datasets", "synthetic", "text_encoders", "visualize",
+    "clip_encoders", "pannuke", "semantic_metrics",
 ]
 
 

@@ -42,7 +42,7 @@ BUNDLES = {
     "tmca": {"prompted": True, "overrides": {"image_encoder_weights": None, "text_trust_remote_code": False},
              "classes": 1},
     "lsms": {"prompted": True, "overrides": {"text_trust_remote_code": False}, "classes": 1},
-    "monch": {"prompted": False, "overrides": {}, "classes": 6},
+    "monch": {"prompted": False, "overrides": {"clip_pretrained": None}, "classes": 6},
 }
 
 

@@ -1,5 +1,6 @@
 """Write small synthetic datasets in the QaTa-COV19, MosMedData+, Kvasir-SEG and BKAI-IGH layouts,
-and synthetic CT volumes with lesions turned into referring records (``refct``, for LSMS).
+synthetic CT volumes with lesions turned into referring records (``refct``, for LSMS) and
+PanNuke-style folds (``pannuke``, for MONCH).
 
 The prompt of each image names one of its two or three blobs by size and
 position and the mask holds only that one, so a model must read the text to
@@ -8,22 +9,28 @@ score well.
     python scripts/make_sample_data.py --out_dir sample_data                # all four, 60 images each
     python scripts/make_sample_data.py --out_dir sample_data --datasets kvasir --n 200 --size 128
     python scripts/make_sample_data.py --out_dir sample_data --datasets refct --n 24   # n CT volumes
+    python scripts/make_sample_data.py --out_dir sample_data --datasets pannuke --n 96 --size 64   # n patches per fold
 """
 
 import _repo  # noqa: F401  (puts the repository root on sys.path)
 import fire
 
+from common.pannuke import write_sample_pannuke
 from common.referring_ct import ensure_sample_referring_ct
 from common.sample_datasets import DATASETS, write_sample_dataset
 
 
 def main(out_dir: str = "sample_data", datasets=DATASETS, n: int = 60, size: int = 128, seed: int = 0) -> None:
-    """Write ``n`` images (``refct``: ``n`` volumes) of each dataset in ``datasets`` (one name or a list) under ``out_dir``."""
+    """Write ``n`` images (``refct``: ``n`` volumes; ``pannuke``: ``n`` patches per fold) of each dataset in ``datasets`` (one name or a list) under ``out_dir``."""
     names = [datasets] if isinstance(datasets, str) else list(datasets)
     for i, name in enumerate(names):
         if name == "refct":
             path = ensure_sample_referring_ct(out_dir, n_cases=n, size=size, seed=seed + i)
             print(f"refct: {n} CT volumes of {size}x{size}x16 and their referring records in {path}")
+            continue
+        if name == "pannuke":
+            path = write_sample_pannuke(out_dir, n_per_fold=n, size=size, seed=seed + i)
+            print(f"pannuke: 3 folds of {n} patches of {size}x{size} in {path}")
             continue
         path = write_sample_dataset(name, out_dir, n=n, size=size, seed=seed + i)
         print(f"{name}: {n} images of {size}x{size} in {path}")

@@ -63,3 +63,15 @@ def test_benchmark_lsms_reports_the_image_branch(tmp_path):
     row = json.loads(out.read_text())["rows"][0]
     assert row["params_m"] > row["image_params_m"] > 0  # MiniLM is part of params, not of the image branch
     assert row["gflops"] > row["image_gflops"] > 0
+
+
+def test_benchmark_monch_takes_images_only(tmp_path):
+    out = tmp_path / "bench.json"
+    tiny = "$common.clip_encoders.tiny_clip_config(image_size=32, patch_size=8, width=32, layers=1, text_width=32, embed_dim=32)"
+    run("scripts/benchmark.py", "--bundle", "monch", "--device", "cpu", "--batch_size", "2", "--steps", "1", "--warmup", "0",
+        "--image_size", "32", "--override",
+        f"{{'clip_model': None, 'clip_model_cfg': '{tiny}', 'feature_channels': 32, 'attention_heads': 4, 'head_channels': 8}}",
+        "--json_out", str(out))
+    row = json.loads(out.read_text())["rows"][0]
+    assert row["params_m"] == row["image_params_m"] > 0  # the text tower is gone once the prompts are encoded
+    assert row["gflops"] > 0 and row["train_img_s"] > 0
