@@ -184,3 +184,17 @@ def test_partial_text_keeps_the_first_phrases():
     records = [{"text": four}, {"text": ["x, y", "p, q, r, s"]}]
     assert ShuffleTexts("half")(records) == [{"text": "a, b"}, {"text": ["x", "p, q"]}]
     assert records[0]["text"] == four  # the datalist itself is not changed
+
+
+def test_volume_records_of_one_case_read_the_volume_once(tmp_path, monkeypatch):
+    import transforms.referring as referring
+
+    ct, lab = two_lesion_volume(tmp_path)
+    records = build_case(ct, lab, tmp_path / "vol", "case_a", output_format="volume")
+    calls = []
+    real = referring.load_volume
+    monkeypatch.setattr(referring, "load_volume", lambda path, kind: calls.append(path) or real(path, kind))
+    load = LoadReferringSliced()
+    for r in records:
+        load({"image": r["image"], "label": r["mask"], "slice": r["slice"], "lesion_id": r["lesion_id"]})
+    assert len(records) == 5 and len(calls) == 2  # the CT and the label volume, once each

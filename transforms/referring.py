@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Hashable, Mapping, Sequence
 
 import numpy as np
@@ -23,19 +24,35 @@ class LoadReferringSliced(MapTransform):
     reoriented to RAS, the axial slice ``data[slice_key]`` is taken and turned to
     radiological display orientation; CT images (``image_key``) are windowed to
     [0, 255] with ``window_hu``, as the builder does for its PNGs, so both kinds of
-    record give the same arrays. Non-finite voxels raise, naming the file.
+    record give the same arrays. Non-finite voxels raise, naming the file. The last
+    ``volume_cache`` volumes stay loaded: a case's records follow each other, so each
+    volume is read once rather than once per lesion.
     """
 
     def __init__(self, keys: KeysCollection = ("image", "label"), image_key: str = "image", slice_key: str = "slice",
-                 window_hu: Sequence[float] = ABDOMINAL_WINDOW, allow_missing_keys: bool = False):
+                 window_hu: Sequence[float] = ABDOMINAL_WINDOW, volume_cache: int = 2, allow_missing_keys: bool = False):
         super().__init__(keys, allow_missing_keys)
+        self.volume_cache = volume_cache
+        self._volumes: OrderedDict[tuple[str, str], torch.Tensor] = OrderedDict()
         self.image_key = image_key
         self.slice_key = slice_key
         self.window_hu = window_hu
         self._raster = LoadImageSafed(keys=list(self.keys), allow_missing_keys=True)
 
-    def _volume_slice(self, path: str, key: str, index) -> MetaTensor:
+    def _volume(self, path: str, key: str) -> torch.Tensor:
+        cache_key = (path, key)
+        if cache_key in self._volumes:
+            self._volumes.move_to_end(cache_key)
+            return self._volumes[cache_key]
         volume = load_volume(path, key)
+        if self.volume_cache > 0:
+            self._volumes[cache_key] = volume
+            while len(self._volumes) > self.volume_cache:
+                self._volumes.popitem(last=False)
+        return volume
+
+    def _volume_slice(self, path: str, key: str, index) -> MetaTensor:
+        volume = self._volume(path, key)
         if index is None:
             raise DatasetError(path, f"{key} is a 3-D volume but the record has no '{self.slice_key}' index")
         depth = volume.shape[-1]
