@@ -273,12 +273,13 @@ def build_case(ct_path: str | Path, label_path: str | Path, out_dir: str | Path,
     elif output_format != "png":
         raise ValueError(f"output_format must be 'png' or 'volume', got {output_format!r}")
 
-    records = []
+    records, skipped = [], 0
     for z in range(instances.shape[2]):
         labels_xy = instances[:, :, z].copy()
         for lesion_id in np.unique(labels_xy):
             if lesion_id > 0 and (labels_xy == lesion_id).sum() < min_lesion_pixels:
                 labels_xy[labels_xy == lesion_id] = 0  # too small to refer to in this slice
+                skipped += 1
         lesions = slice_lesions(labels_xy, hu[:, :, z] > body_threshold_hu, spacing[:2])
         if not lesions:
             continue
@@ -298,6 +299,9 @@ def build_case(ct_path: str | Path, label_path: str | Path, out_dir: str | Path,
                 "size_rank": lesion["rank"] + 1, "lesions_in_slice": lesion["count"],
                 "diameter_mm": round(lesion["diameter_mm"], 2), "spacing_mm": [round(s, 4) for s in spacing],
             })
+    if skipped:
+        logger.warning("%s: %d lesion cross-sections smaller than %d pixels get no record", case, skipped,
+                       min_lesion_pixels)
     return records
 
 
