@@ -28,7 +28,7 @@ from torch import nn
 from common.config import as_bool, as_optional
 
 from .decoder import DynamicHead, FPNFusion, ProgressivePromptDecoder
-from .mgfe import MGFE, DownScale, UpScale, group_norm
+from .mgfe import MGFE, ConvBlock, DownScale, UpScale, group_norm
 
 # label order: 0 background, then PanNuke's masks.npy channel order (see common/pannuke.py)
 CLASS_NAMES = ("background", "neoplastic", "inflammatory", "connective", "dead", "epithelial")
@@ -134,8 +134,6 @@ class MONCH(nn.Module):
             self.decoder = ProgressivePromptDecoder(c, int(attention_heads), [as_bool(s) for s in query_stages],
                                                     float(attention_ffn_ratio), as_bool(attention_pos_encoding))
         else:
-            from .mgfe import ConvBlock
-
             self.enhanced_fusion = FPNFusion(c)
             self.merge = ConvBlock(2 * c, c)
         self.head = DynamicHead(c, text_dim, int(head_channels), int(head_upsample), int(kernel_size), kernel_context)
