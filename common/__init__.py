@@ -1,17 +1,20 @@
-"""Code shared by the text-guided segmentation bundles.
+"""Code shared by the text-guided segmentation bundles, in rooms whose imports run one way:
 
-Nothing in this package imports a bundle; bundles import from here. Submodules
-load on first attribute access, so bundle configs can write
-``$import common`` and then ``common.datasets.build_datalist(...)``.
+* :mod:`common.core`: errors, command-line values, pretrained-weight resolution, self-describing
+  construction (imports nothing else of the project);
+* :mod:`common.networks`: text and image encoders, contrastive losses (imports ``core``);
+* :mod:`common.data`: dataset readers, builders and synthetic writers (imports ``core`` and ``transforms``);
+* :mod:`common.evaluation`: metrics, tables and pictures (imports ``core``);
+* :mod:`common.engine`: the glue to MONAI's ignite engines: training, checkpoints, evaluation and
+  inference runs (imports all of the above).
+
+Nothing here imports a bundle. Subpackages and their modules load on first attribute access, so
+bundle configs can write ``$import common`` and then ``common.data.datalist.build_datalist(...)``.
 """
 
 import importlib
 
-__all__ = [
-    "config", "contrastive", "datasets", "engine", "errors", "evaluation", "image_encoders", "inference",
-    "metrics", "pretrained", "referring_ct", "sample_datasets", "synthetic", "text_encoders", "visualize",
-    "clip_encoders", "pannuke", "semantic_metrics",
-]
+__all__ = ['core', 'networks', 'data', 'evaluation', 'engine']
 
 
 def __getattr__(name):

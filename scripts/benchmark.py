@@ -50,7 +50,7 @@ def _random_bert(tokenizer: str, out_dir: Path) -> str:
     """A BERT-base (12 layers, 768 wide) with random weights and ``tokenizer``'s vocabulary, saved to ``out_dir``."""
     from transformers import BertConfig, BertModel
 
-    from common.pretrained import load_tokenizer
+    from common.core.pretrained import load_tokenizer
 
     tok = load_tokenizer("tokenizer", tokenizer)
     torch.manual_seed(0)
@@ -108,7 +108,8 @@ def _measure(parser, spec: dict, setting: str, device: torch.device, batch_size:
              warmup: int):
     from torch.utils.flop_counter import FlopCounterMode
 
-    from common.engine import autocast_context, trainable_parameters
+    from common.engine.trainer import autocast_context
+    from common.engine.network import trainable_parameters
 
     precision = "bf16" if setting.startswith("bf16") else "fp32"
     channels_last = precision == "bf16" and device.type == "cuda"

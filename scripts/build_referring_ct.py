@@ -19,7 +19,8 @@ import _repo  # noqa: F401  (puts the repository root on sys.path)
 
 import fire
 
-from common.referring_ct import ABDOMINAL_WINDOW, build_referring_dataset, find_pairs
+from transforms.volumes import ABDOMINAL_WINDOW
+from common.data.referring_ct.builder import build_referring_dataset, find_pairs
 
 
 def main(out_dir: str, ct: str | None = None, labels: str | None = None, pairs: str | None = None,

@@ -20,9 +20,10 @@ from pathlib import Path
 import fire
 
 from _repo import ROOT
-from common.pannuke import ensure_sample_pannuke, fold_candidates
-from common.referring_ct import ensure_sample_referring_ct
-from common.sample_datasets import ensure_sample_dataset
+from common.data.pannuke.synthetic import ensure_sample_pannuke
+from common.data.pannuke.reader import fold_candidates
+from common.data.referring_ct.synthetic import ensure_sample_referring_ct
+from common.data.synthetic.sample_datasets import ensure_sample_dataset
 
 
 def _configs(bundle: str, *extra: str) -> str:
@@ -67,7 +68,7 @@ def main(bundle: str = "tmca", epochs: int | None = None, n: int | None = None, 
         dataset_dir = Path(ensure_sample_pannuke(ROOT / data_dir, n_per_fold=n or 96, size=size))
         image, text = _first_patch_png(dataset_dir, ROOT / output_dir / "sample_patch.png"), None
         model = ["--clip_model", "null", "--feature_channels", "64", "--attention_heads", "4", "--head_channels", "16",
-                 "--clip_model_cfg", "$common.clip_encoders.tiny_clip_config(image_size=" + str(size)
+                 "--clip_model_cfg", "$common.networks.clip_encoders.tiny_clip_config(image_size=" + str(size)
                  + ", patch_size=4, width=64, layers=2, text_width=64, embed_dim=64)"]
     else:
         size = size or 96

@@ -15,9 +15,9 @@ score well.
 import _repo  # noqa: F401  (puts the repository root on sys.path)
 import fire
 
-from common.pannuke import write_sample_pannuke
-from common.referring_ct import ensure_sample_referring_ct
-from common.sample_datasets import DATASETS, write_sample_dataset
+from common.data.pannuke.synthetic import write_sample_pannuke
+from common.data.referring_ct.synthetic import ensure_sample_referring_ct
+from common.data.synthetic.sample_datasets import DATASETS, write_sample_dataset
 
 
 def main(out_dir: str = "sample_data", datasets=DATASETS, n: int = 60, size: int = 128, seed: int = 0) -> None:

@@ -24,7 +24,7 @@ def root() -> Path:
 
 @pytest.fixture(scope="session")
 def text_encoder():
-    from common.text_encoders import HFTextEncoder
+    from common.networks.text_encoders import HFTextEncoder
 
     return HFTextEncoder(MINILM, num_layers_to_average=3, freeze=True)
 
@@ -39,7 +39,7 @@ def tokenizer():
 @pytest.fixture(scope="session")
 def sample_root(tmp_path_factory) -> Path:
     """Small synthetic copies of the four dataset layouts (64x64, 20 images each)."""
-    from common.sample_datasets import DATASETS, write_sample_dataset
+    from common.data.synthetic.sample_datasets import DATASETS, write_sample_dataset
 
     out = tmp_path_factory.mktemp("sample_data")
     for i, name in enumerate(DATASETS):

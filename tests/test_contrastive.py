@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from common.contrastive import pairwise_dice, soft_contrastive_loss, soft_targets
+from common.networks.contrastive import pairwise_dice, soft_contrastive_loss, soft_targets
 
 
 def _masks():

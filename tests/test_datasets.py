@@ -8,9 +8,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from common.datasets import build_datalist, read_text_table
-from common.errors import DatasetError
-from common.sample_datasets import write_sample_dataset
+from common.data.datalist import build_datalist
+from common.data.lvit import read_text_table
+from common.core.errors import DatasetError
+from common.data.synthetic.sample_datasets import write_sample_dataset
 
 
 def _copy(sample_root: Path, name: str, tmp_path: Path) -> Path:
@@ -150,7 +151,7 @@ def test_unreadable_image_and_size_mismatch(sample_root, tmp_path):
 
 def test_generator_makes_text_decide_the_target(tmp_path):
     root = write_sample_dataset("kvasir", tmp_path, n=12, size=64, seed=5)
-    from common.synthetic import endoscopy_scene
+    from common.data.synthetic.scenes import endoscopy_scene
 
     scene = endoscopy_scene(np.random.default_rng(0), 64)
     masks = [b.mask(64) for b in scene.blobs]

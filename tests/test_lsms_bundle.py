@@ -11,7 +11,7 @@ from PIL import Image
 
 from bundle_runner import bundle
 from bundle_runner import train_args as bundle_train_args
-from common.referring_ct import ensure_sample_referring_ct
+from common.data.referring_ct.synthetic import ensure_sample_referring_ct
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "bundles" / "lsms" / "configs"
@@ -102,7 +102,7 @@ def test_inferring_a_png_slice_and_a_volume_slice(data, trained, tmp_path):
 
 
 def test_one_iteration_on_mosmed_text_augmented_data(tmp_path):
-    from common.sample_datasets import write_sample_dataset
+    from common.data.synthetic.sample_datasets import write_sample_dataset
 
     mosmed = write_sample_dataset("mosmed", tmp_path / "data", n=12, size=64, seed=0)
     proc = bundle(*train_args(mosmed, tmp_path / "out", "--dataset_format", "mosmed"))

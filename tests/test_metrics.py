@@ -2,8 +2,8 @@ import pytest
 import torch
 from monai.metrics import DiceMetric, MeanIoU
 
-from common.evaluation import summary_markdown
-from common.metrics import binary_scores
+from common.engine.text_ablation import summary_markdown
+from common.evaluation.metrics import binary_scores
 
 
 def test_binary_scores_hand_computed():

@@ -10,14 +10,14 @@ import yaml
 from PIL import Image
 
 from bundle_runner import bundle as _bundle
-from common.pannuke import write_sample_pannuke
+from common.data.pannuke.synthetic import write_sample_pannuke
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "bundles" / "monch" / "configs"
 TRAIN = f"['{CONFIGS / 'train.yaml'}','{CONFIGS / 'demo.yaml'}']"
 EVAL = f"['{CONFIGS / 'train.yaml'}','{CONFIGS / 'demo.yaml'}','{CONFIGS / 'evaluate.yaml'}']"
 DDP = f"['{CONFIGS / 'train.yaml'}','{CONFIGS / 'demo.yaml'}','{CONFIGS / 'multi_gpu_train.yaml'}']"
-TINY = "$common.clip_encoders.tiny_clip_config(image_size=32, patch_size=8, width=32, layers=1, text_width=32, embed_dim=32)"
+TINY = "$common.networks.clip_encoders.tiny_clip_config(image_size=32, patch_size=8, width=32, layers=1, text_width=32, embed_dim=32)"
 MODEL = ["--image_size", "32", "--clip_model", "null", "--clip_model_cfg", TINY, "--feature_channels", "32",
          "--attention_heads", "4", "--head_channels", "8"]
 

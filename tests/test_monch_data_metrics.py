@@ -12,28 +12,21 @@ import pytest
 import torch
 from PIL import Image
 
-from common.errors import DatasetError
-from common.pannuke import (
-    CLASS_COLORS,
-    CLASS_NAMES,
-    LoadPanNukePatchd,
-    ensure_sample_pannuke,
-    find_fold,
-    masks_to_class_map,
-    pannuke_datalist,
-    write_sample_pannuke,
-)
-from common.semantic_metrics import (
+from common.core.errors import DatasetError
+from common.data.pannuke.reader import CLASS_COLORS, CLASS_NAMES, find_fold, pannuke_datalist
+from common.data.pannuke.synthetic import ensure_sample_pannuke, write_sample_pannuke
+from common.engine.semantic_evaluation import SemanticEvaluation
+from common.evaluation.reports import write_reports
+from common.evaluation.semantic import (
     ConfusionAccumulator,
-    SemanticEvaluation,
     class_scores,
-    colorize,
     confusion_matrix,
     frequency_weighted_iou,
     pixel_accuracy,
     summary_scores,
-    write_reports,
 )
+from common.evaluation.visualize import colorize
+from transforms.pannuke import LoadPanNukePatchd, masks_to_class_map
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,8 @@ from bundles.monch.scripts.mgfe import (
     pairwise_sq_distances,
 )
 from bundles.monch.scripts.network import CLASS_NAMES, MONCH, load_prompts
-from common.clip_encoders import OpenClipBackbone, build_open_clip, tiny_clip_config
-from common.errors import PretrainedWeightsError
+from common.networks.clip_encoders import OpenClipBackbone, build_open_clip, tiny_clip_config
+from common.core.errors import PretrainedWeightsError
 
 SIZE = 64
 

@@ -3,10 +3,10 @@ import os
 import pytest
 import torch
 
-from common.errors import PretrainedWeightsError
-from common.image_encoders import TimmFeatureEncoder
-from common.pretrained import resolve_hf_model
-from common.text_encoders import HFTextEncoder, masked_mean
+from common.core.errors import PretrainedWeightsError
+from common.networks.image_encoders import TimmFeatureEncoder
+from common.core.pretrained import resolve_hf_model
+from common.networks.text_encoders import HFTextEncoder, masked_mean
 from tests.conftest import MINILM
 
 

@@ -9,11 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-from common.datasets import build_datalist
-from common.errors import DatasetError
-from common.referring_ct import (
-    build_case, build_referring_dataset, find_pairs, max_diameter_mm, referring_expression, write_sample_ct,
-)
+from common.data.datalist import build_datalist
+from common.core.errors import DatasetError
+from common.data.referring_ct.builder import build_case, build_referring_dataset, find_pairs
+from common.data.referring_ct.expressions import referring_expression
+from common.data.referring_ct.geometry import max_diameter_mm
+from common.data.referring_ct.synthetic import write_sample_ct
 from transforms.referring import LoadReferringSliced, SelectLesiond
 from transforms.text import ShuffleTexts, keep_phrases
 

@@ -39,7 +39,7 @@ def test_benchmark_prints_a_markdown_table(tmp_path):
 
 
 def test_build_referring_ct_cli(tmp_path):
-    from common.referring_ct import write_sample_ct
+    from common.data.referring_ct.synthetic import write_sample_ct
 
     volumes = write_sample_ct(tmp_path / "vol", n_cases=3, size=64, depth=6, seed=0)
     pairs = tmp_path / "pairs.csv"
@@ -67,7 +67,7 @@ def test_benchmark_lsms_reports_the_image_branch(tmp_path):
 
 def test_benchmark_monch_takes_images_only(tmp_path):
     out = tmp_path / "bench.json"
-    tiny = "$common.clip_encoders.tiny_clip_config(image_size=32, patch_size=8, width=32, layers=1, text_width=32, embed_dim=32)"
+    tiny = "$common.networks.clip_encoders.tiny_clip_config(image_size=32, patch_size=8, width=32, layers=1, text_width=32, embed_dim=32)"
     run("scripts/benchmark.py", "--bundle", "monch", "--device", "cpu", "--batch_size", "2", "--steps", "1", "--warmup", "0",
         "--image_size", "32", "--override",
         f"{{'clip_model': None, 'clip_model_cfg': '{tiny}', 'feature_channels': 32, 'attention_heads': 4, 'head_channels': 8}}",

@@ -12,7 +12,7 @@ from PIL import Image
 
 from bundle_runner import bundle
 from bundle_runner import train_args as bundle_train_args
-from common.sample_datasets import write_sample_dataset
+from common.data.synthetic.sample_datasets import write_sample_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "bundles" / "tmca" / "configs"
@@ -63,7 +63,7 @@ def test_resume_continues_from_the_last_epoch(data, trained, tmp_path):
     assert "resuming from" in log and "epoch 1 until 2 epochs" in log
     state = torch.load(out / "models" / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=False)
     assert state["trainer"]["iteration"] == 2 and state["trainer"]["max_epochs"] == 2
-    from common.engine import last_checkpoint
+    from common.engine.checkpoints import last_checkpoint
 
     assert last_checkpoint(str(out / "models")).endswith("checkpoint_epoch=2.pt")  # the next resume takes epoch 2
     nothing = bundle(*train_args(data, tmp_path / "fresh", "--resume", "last"), check=False)

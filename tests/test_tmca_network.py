@@ -9,7 +9,7 @@ from bundles.tmca.scripts.network import (
     sincos_1d,
     sincos_2d,
 )
-from common.image_encoders import TimmFeatureEncoder
+from common.networks.image_encoders import TimmFeatureEncoder
 
 SIZE = 64
 

@@ -4,7 +4,7 @@ import torch
 from monai.data import MetaTensor
 from PIL import Image
 
-from common.errors import DatasetError
+from common.core.errors import DatasetError
 from transforms import (
     BinarizeMaskd,
     CheckSameSized,

@@ -1,4 +1,4 @@
-"""Loading referring-lesion records (see :mod:`common.referring_ct`): one slice, one lesion."""
+"""Loading referring-lesion records (see :mod:`common.data.referring_ct.records`): one slice, one lesion."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-from common.errors import DatasetError
-from common.referring_ct import ABDOMINAL_WINDOW, load_volume, to_display, window
+from common.core.errors import DatasetError
+from transforms.volumes import ABDOMINAL_WINDOW, load_volume, to_display, window
 
 from .io import PIL_EXTENSIONS, LoadImageSafed
 

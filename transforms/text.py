@@ -12,9 +12,9 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable
 
-from common.config import as_bool
-from common.errors import DatasetError
-from common.pretrained import load_tokenizer
+from common.core.describe import configurable
+from common.core.errors import DatasetError
+from common.core.pretrained import load_tokenizer
 
 
 def _record_name(d: Mapping) -> str:
@@ -64,6 +64,7 @@ class SelectTextd(Randomizable, MapTransform):
         return d
 
 
+@configurable
 class TokenizeTextd(MapTransform):
     """Tokenise ``text`` with the tokenizer of the text encoder.
 
@@ -93,7 +94,7 @@ class TokenizeTextd(MapTransform):
         self.max_length = max_length
         self.ids_key = ids_key
         self.mask_key = mask_key
-        self.trust_remote_code = as_bool(trust_remote_code)
+        self.trust_remote_code = trust_remote_code
         self.config_key = config_key
 
     @property

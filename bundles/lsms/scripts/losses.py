@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from monai.losses import FocalLoss
 from torch import nn
 
-from common.config import as_bool
+from common.core.describe import configurable
 
 
 def boundary_band(mask: torch.Tensor, kernel_size: int = 5) -> torch.Tensor:
@@ -107,6 +107,7 @@ def pixel_text_contrastive_loss(
     return torch.stack(losses).mean()
 
 
+@configurable
 class LSMSLoss(nn.Module):
     """``alpha * L_Con + focal + boundary-weighted Dice``; returns ``loss`` and the terms ``focal``, ``dice``, ``con``.
 
@@ -138,8 +139,8 @@ class LSMSLoss(nn.Module):
         self.boundary_kernel = boundary_kernel
         self.temperature = temperature
         self.max_pixels = max_pixels
-        self.normalize = as_bool(normalize)
-        self.use_log = as_bool(use_log)
+        self.normalize = normalize
+        self.use_log = use_log
         self.focal = FocalLoss(gamma=focal_gamma, alpha=focal_alpha, use_softmax=False)
 
     def forward(self, outputs, target: torch.Tensor) -> dict[str, torch.Tensor]:

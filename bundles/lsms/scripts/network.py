@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.config import as_bool
-from common.text_encoders import masked_mean
+from common.core.describe import configurable
+from common.networks.text_encoders import masked_mean
 
 from .hamburger import LightHamHead
 
@@ -180,12 +180,13 @@ def downsample(in_channels: int, channels: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(in_channels, channels, 3, stride=2, padding=1), nn.BatchNorm2d(channels))
 
 
+@configurable
 class LSMS(nn.Module):
     """The whole model.
 
     Args:
         text_encoder: a module mapping ``(text_ids, text_mask)`` to (B, T, C_l) word
-            features with a ``hidden_size`` attribute (:class:`common.text_encoders.HFTextEncoder`);
+            features with a ``hidden_size`` attribute (:class:`common.networks.text_encoders.HFTextEncoder`);
             ignored (may be None) when ``use_text`` is False.
         in_channels, out_channels: image channels, output maps (1: lesion logit).
         depths, channels: blocks and widths of the four stages (Table I).
@@ -229,7 +230,7 @@ class LSMS(nn.Module):
         decoder_stages = sorted({int(s) for s in decoder_stages})
         if not decoder_stages or any(s not in (1, 2, 3, 4) for s in decoder_stages):
             raise ValueError(f"decoder_stages must be a non-empty subset of 1..4, got {decoder_stages}")
-        self.use_text = as_bool(use_text)
+        self.use_text = use_text
         if self.use_text and text_encoder is None:
             raise ValueError("use_text=True needs a text_encoder")
         self.text_encoder = text_encoder if self.use_text else None
@@ -240,7 +241,7 @@ class LSMS(nn.Module):
         previous = in_channels
         for i, (depth, width, ratio) in enumerate(zip(depths, channels, mlp_ratios)):
             down = stem(previous, width) if i == 0 else downsample(previous, width)
-            blocks = [EncoderBlock(width, text_channels, ratio, kernels, pixel_map, as_bool(pre_norm))
+            blocks = [EncoderBlock(width, text_channels, ratio, kernels, pixel_map, pre_norm)
                       for _ in range(depth)]
             stages.append(Stage(down, blocks))
             previous = width

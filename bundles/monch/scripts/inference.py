@@ -11,9 +11,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common.clip_encoders import CLIP_MEAN, CLIP_STD
-from common.errors import DatasetError
-from common.pannuke import CLASS_COLORS, CLASS_NAMES
+from common.networks.clip_encoders import CLIP_MEAN, CLIP_STD
+from common.core.errors import DatasetError
+from common.data.pannuke.reader import CLASS_COLORS, CLASS_NAMES
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ class ClassMapWriter:
     def __call__(self, engine) -> None:
         from PIL import Image
 
-        from common.semantic_metrics import class_overlay_panel
+        from common.evaluation.visualize import class_overlay_panel
 
         self.output_dir.mkdir(parents=True, exist_ok=True)
         for record, item in zip(engine.state.batch, engine.state.output):

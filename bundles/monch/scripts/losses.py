@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.config import as_bool, as_optional
+from common.core.describe import configurable
 
 
 def one_hot_labels(label: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -23,6 +23,7 @@ def one_hot_labels(label: torch.Tensor, num_classes: int) -> torch.Tensor:
     return F.one_hot(label, num_classes).permute(0, 3, 1, 2).float()
 
 
+@configurable
 class MONCHLoss(nn.Module):
     """Eq. 9: mean over classes n and pixels i of ``BCE(sigmoid(logit_in), y_in)``, one-hot targets.
 
@@ -38,8 +39,7 @@ class MONCHLoss(nn.Module):
     def __init__(self, include_background: bool = True, class_weights: Sequence[float] | None = None,
                  dice_weight: float = 0.0):
         super().__init__()
-        self.include_background = as_bool(include_background)
-        class_weights = as_optional(class_weights)
+        self.include_background = include_background
         self.register_buffer("class_weights", None if class_weights is None
                              else torch.as_tensor([float(w) for w in class_weights]))
         self.dice_weight = float(dice_weight)

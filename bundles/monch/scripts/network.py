@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.config import as_bool, as_optional
+from common.core.describe import configurable
 
 from .decoder import DynamicHead, FPNFusion, ProgressivePromptDecoder
 from .mgfe import MGFE, ConvBlock, DownScale, UpScale, group_norm
@@ -41,7 +41,6 @@ def load_prompts(prompts: str | Path | Mapping | None, class_names: Sequence[str
     ``None`` means the bundle's ``prompts/cell_prompts.json``. Every class needs the same number
     of non-empty sentences (three in the paper).
     """
-    prompts = as_optional(prompts)
     source = str(DEFAULT_PROMPTS if prompts is None else prompts)
     if not isinstance(prompts, Mapping):
         path = Path(source)
@@ -59,11 +58,12 @@ def load_prompts(prompts: str | Path | Mapping | None, class_names: Sequence[str
     return out
 
 
+@configurable
 class MONCH(nn.Module):
     """MONCH network.
 
     Args:
-        backbone: :class:`common.clip_encoders.OpenClipBackbone` (image tower fine-tuned, text tower
+        backbone: :class:`common.networks.clip_encoders.OpenClipBackbone` (image tower fine-tuned, text tower
             frozen). Its text tower encodes the prompts once here and is then dropped: the cached
             embeddings are a buffer (``class_text``) saved with the checkpoint.
         prompts: JSON file or dict ``{class name: [sentences]}``; None = the bundle's
@@ -109,34 +109,39 @@ class MONCH(nn.Module):
         release_text_encoder: bool = True,
     ):
         super().__init__()
-        c = int(feature_channels)
+        c = feature_channels
         self.class_names = tuple(class_names)
         self.num_classes = len(self.class_names)
         sentences = load_prompts(prompts, self.class_names)
+        self.prompts = dict(zip(self.class_names, sentences))
         self.sentences_per_class = len(sentences[0])
         flat = [s for per_class in sentences for s in per_class]
         text = backbone.text_encoder.encode(flat)  # frozen, cached; (K*S, D)
         self.register_buffer("class_text", text.reshape(self.num_classes, self.sentences_per_class, -1).clone())
         text_dim = text.shape[-1]
-        if as_bool(release_text_encoder) and hasattr(backbone, "release_text_tower"):
+        if release_text_encoder and hasattr(backbone, "release_text_tower"):
             backbone.release_text_tower()  # the embeddings are all MONCH needs from it
 
         self.image_encoder = backbone.image_encoder
         self.neck = nn.Sequential(nn.Conv2d(self.image_encoder.out_channels, c, 1, bias=False), group_norm(c))
         self.up = UpScale(c)
         self.down = DownScale(c)
-        self.mgfe = MGFE(c, as_bool(use_mgfe), as_bool(use_highpass), as_bool(use_conv), as_bool(use_topology),
-                         float(highpass_cutoff), int(knn_k), int(knn_dilation), topology_aggregation)
+        self.mgfe = MGFE(c, use_mgfe, use_highpass, use_conv, use_topology, highpass_cutoff, knn_k, knn_dilation,
+                         topology_aggregation)
         self.fusion = FPNFusion(c)
         self.text_proj = nn.Sequential(nn.Linear(text_dim, c), nn.LayerNorm(c))
-        self.use_ppd = as_bool(use_ppd)
+        self.use_ppd = use_ppd
         if self.use_ppd:
-            self.decoder = ProgressivePromptDecoder(c, int(attention_heads), [as_bool(s) for s in query_stages],
-                                                    float(attention_ffn_ratio), as_bool(attention_pos_encoding))
+            self.decoder = ProgressivePromptDecoder(c, attention_heads, query_stages, attention_ffn_ratio,
+                                                    attention_pos_encoding)
         else:
             self.enhanced_fusion = FPNFusion(c)
             self.merge = ConvBlock(2 * c, c)
-        self.head = DynamicHead(c, text_dim, int(head_channels), int(head_upsample), int(kernel_size), kernel_context)
+        self.head = DynamicHead(c, text_dim, head_channels, head_upsample, kernel_size, kernel_context)
+
+    def offline_arguments(self) -> dict:
+        """The prompt sentences themselves, so that a checkpoint does not depend on the prompts file."""
+        return {"prompts": self.prompts}
 
     def features(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every intermediate map by its paper name (F^m, F^f, F^c, F^h, F^v, F^t, blended, merged)."""

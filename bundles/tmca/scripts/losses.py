@@ -6,10 +6,11 @@ import torch
 from monai.losses import DiceCELoss
 from torch import nn
 
-from common.config import as_bool
-from common.contrastive import pairwise_dice, soft_contrastive_loss
+from common.core.describe import configurable
+from common.networks.contrastive import pairwise_dice, soft_contrastive_loss
 
 
+@configurable
 class TMCALoss(nn.Module):
     """``L = Dice + CE + alignment_weight * mean_levels(L_TSDM)``.
 
@@ -36,7 +37,7 @@ class TMCALoss(nn.Module):
     ):
         super().__init__()
         self.alignment_weight = alignment_weight
-        self.target_informed = as_bool(target_informed)
+        self.target_informed = target_informed
         self.target_temperature = target_temperature
         self.logit_temperature = logit_temperature
         self.seg_loss = DiceCELoss(sigmoid=sigmoid, softmax=not sigmoid, to_onehot_y=not sigmoid)

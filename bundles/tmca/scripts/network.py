@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from monai.networks.blocks import SubpixelUpsample, UnetOutBlock, UnetrUpBlock
 from torch import nn
 
-from common.config import as_bool
-from common.text_encoders import masked_mean
+from common.core.describe import configurable
+from common.networks.text_encoders import masked_mean
 
 ALIGNMENT_LEVELS = ("global", "32", "16", "8")
 
@@ -118,14 +118,15 @@ def language_enhancement_map(
     return F.interpolate(weights, scale_factor=scale_factor, mode="bilinear", align_corners=False)
 
 
+@configurable
 class TMCA(nn.Module):
     """The TMCA segmentation network.
 
     Args:
         image_encoder: module returning 4 feature maps at strides 4/8/16/32 and
-            exposing ``channels`` (e.g. :class:`common.image_encoders.TimmFeatureEncoder`).
+            exposing ``channels`` (e.g. :class:`common.networks.image_encoders.TimmFeatureEncoder`).
         text_encoder: module mapping ``(text_ids, text_mask)`` to (B, L, D) features
-            and exposing ``hidden_size`` (e.g. :class:`common.text_encoders.HFTextEncoder`).
+            and exposing ``hidden_size`` (e.g. :class:`common.networks.text_encoders.HFTextEncoder`).
         out_channels: 1 (sigmoid) or more (softmax) output maps.
         alignment_levels: which TSDM levels give embeddings for the alignment
             loss, any of ``global``, ``32``, ``16``, ``8`` (MCAS uses all four;
@@ -156,9 +157,7 @@ class TMCA(nn.Module):
         head_channels: int = 24,
     ):
         super().__init__()
-        if isinstance(alignment_levels, str):  # "[]" or "global,32" from the command line
-            alignment_levels = [v for v in alignment_levels.strip("[]").replace(" ", "").split(",") if v]
-        levels = [str(level).strip("'\"") for level in alignment_levels]
+        levels = [str(level) for level in alignment_levels]
         unknown = set(levels) - set(ALIGNMENT_LEVELS)
         if unknown:
             raise ValueError(f"unknown alignment levels {sorted(unknown)}; choose from {ALIGNMENT_LEVELS}")
@@ -168,9 +167,9 @@ class TMCA(nn.Module):
         self.image_encoder = image_encoder
         self.text_encoder = text_encoder
         self.alignment_levels = [level for level in ALIGNMENT_LEVELS if level in levels]
-        self.use_ltem = as_bool(use_ltem)
+        self.use_ltem = use_ltem
         self.ltem_temperature = ltem_temperature
-        self.ltem_mean_one = as_bool(ltem_mean_one)
+        self.ltem_mean_one = ltem_mean_one
         text_dim = int(text_encoder.hidden_size)
         c1, c2, c3, c4 = channels
         # one text projection per decoder level (shared by cross-attention, TSDM and LTEM)

@@ -6,7 +6,7 @@ that one only. A model that ignores the text can at best guess which blob is
 meant, so the text ablation of the evaluation shows whether the text is used.
 
 The writers that lay these scenes out like the real datasets are in
-:mod:`common.sample_datasets`; this module only draws.
+:mod:`common.data.synthetic.sample_datasets`; this module only draws.
 """
 
 from __future__ import annotations

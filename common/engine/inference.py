@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from ignite.engine import Events
 
-from .datasets import file_datalist
-from .visualize import save_overlay
+from common.data.datalist import file_datalist
+from common.evaluation.visualize import save_overlay
 
 logger = logging.getLogger(__name__)
 

@@ -26,10 +26,12 @@ from monai.metrics import DiceMetric, MeanIoU
 from monai.transforms import Activationsd, AsDiscreted, Compose
 from ignite.engine import Events
 
-from .config import as_bool
-from .engine import ProgressBar, load_model_weights
-from .metrics import binary_scores
-from .visualize import save_overlay
+from common.core.describe import configurable
+from common.evaluation.metrics import binary_scores
+from common.evaluation.visualize import save_overlay
+
+from .checkpoints import load_model_weights
+from .trainer import ProgressBar
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +87,7 @@ def _metric(metric_class) -> IgniteMetricHandler:
     )
 
 
+@configurable
 class SegmentationEvaluation:
     """Score a network on a datalist under several text modes and write tables and overlays.
 
@@ -93,7 +96,7 @@ class SegmentationEvaluation:
         datalist: records with ``image``, ``label``, ``text``.
         transform: the evaluation preprocessing (loading ... ``TokenizeTextd``).
         output_dir: where CSVs, Markdown and overlays go.
-        prepare_batch: e.g. :class:`common.engine.TextPrepareBatch`.
+        prepare_batch: e.g. :class:`common.engine.trainer.TextPrepareBatch`.
         device: torch device.
         checkpoint: a model checkpoint file (``{"model": state_dict}``) or None.
         text_modes: any of ``own``, ``shuffled``, ``empty``, ``half``, ``quarter``.
@@ -143,9 +146,9 @@ class SegmentationEvaluation:
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.num_overlays = num_overlays
-        self.amp = as_bool(amp)
+        self.amp = amp
         self.seed = seed
-        self.progress = as_bool(progress)
+        self.progress = progress
 
     def _evaluator(self, mode: str) -> tuple[SupervisedEvaluator, PerImageRecorder]:
         from transforms.text import ShuffleTexts

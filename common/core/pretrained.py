@@ -3,7 +3,7 @@
 Every pretrained part of a bundle has one config key (``text_encoder``,
 ``image_encoder_weights``, ...). The functions here turn the key's value into
 something a loader understands and, when that fails, raise
-:class:`~common.errors.PretrainedWeightsError` naming the key and the path or id
+:class:`~common.core.errors.PretrainedWeightsError` naming the key and the path or id
 that was looked for. Nothing here downloads on its own: hub ids are handed to
 the Hugging Face / timm loaders, which honour ``HF_HUB_OFFLINE=1``.
 """
@@ -73,12 +73,27 @@ def _hub_hint(value: str) -> str:
     return "The hub could not be reached or the id is wrong; point the key at a local folder to work offline."
 
 
-def load_hf_text_model(key: str, value: str, trust_remote_code: bool = False):
-    """Load a Hugging Face encoder (``AutoModel``) named by config key ``key``."""
-    from transformers import AutoModel
+def load_hf_text_model(key: str, value: str, trust_remote_code: bool = False, pretrained: bool = True,
+                       model_config: dict | None = None):
+    """A Hugging Face encoder (``AutoModel``) named by config key ``key``, float32.
 
+    ``pretrained=False`` builds the architecture with random weights: from ``model_config`` (a
+    config dict, nothing read from ``value``) when given, else from ``value``'s config file.
+    """
+    from transformers import AutoConfig, AutoModel
+
+    if not pretrained and model_config:
+        config = dict(model_config)
+        model_type = config.pop("model_type", None)
+        if model_type is None:
+            raise PretrainedWeightsError(key, value, "a 'model_type' in the stored model config")
+        return AutoModel.from_config(AutoConfig.for_model(model_type, **config), dtype=torch.float32)
     source = resolve_hf_model(key, value)
     try:
+        if not pretrained:
+            config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code,
+                                                local_files_only=hub_offline())
+            return AutoModel.from_config(config, trust_remote_code=trust_remote_code, dtype=torch.float32)
         # float32 whatever the checkpoint stores; autocast lowers precision where it is asked for
         return AutoModel.from_pretrained(
             source, trust_remote_code=trust_remote_code, local_files_only=hub_offline(), dtype=torch.float32

@@ -11,7 +11,7 @@
   attention pool), and :class:`OpenClipTextEncoder` is a frozen text tower with the
   open_clip tokenizer (context length 77 by default) and a cache of encoded strings.
 
-Weights that are not there offline raise :class:`~common.errors.PretrainedWeightsError`
+Weights that are not there offline raise :class:`~common.core.errors.PretrainedWeightsError`
 naming the config key and what was looked for.
 """
 
@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import as_bool, as_optional
-from .errors import PretrainedWeightsError
+from common.core.describe import configurable, typed
+from common.core.errors import PretrainedWeightsError
 
 __all__ = [
     "build_open_clip", "tiny_clip_config", "OpenClipBackbone", "OpenClipImageEncoder", "OpenClipTextEncoder",
@@ -57,6 +57,7 @@ def _hub_cache() -> str:
     return os.environ.get("HF_HOME", str(Path("~/.cache/huggingface").expanduser()))
 
 
+@typed
 def build_open_clip(model_name: str | None = "ViT-H-14", pretrained: str | None = None,
                     model_cfg: Mapping | None = None, image_size: int | None = None,
                     context_length: int | None = None, cache_dir: str | None = None,
@@ -77,9 +78,6 @@ def build_open_clip(model_name: str | None = "ViT-H-14", pretrained: str | None 
     """
     import open_clip
 
-    pretrained = as_optional(pretrained)
-    model_cfg = as_optional(model_cfg)
-    image_size = as_optional(image_size)
     if model_cfg is not None:
         cfg = copy.deepcopy(dict(model_cfg))
         cfg["vision_cfg"] = dict(cfg.get("vision_cfg", {}))
@@ -160,7 +158,7 @@ class OpenClipImageEncoder(nn.Module):
         else:
             visual.attnpool = nn.Identity()
         self.visual = visual
-        self.final_norm = as_bool(final_norm)
+        self.final_norm = final_norm
 
     def _pos_embed(self, gh: int, gw: int) -> torch.Tensor:
         pos = self.visual.positional_embedding  # (1 + n*n, D)
@@ -205,7 +203,7 @@ class OpenClipTextEncoder(nn.Module):
 
         self.clip = clip  # shares the model with the image tower; only the text parts are used here
         self.context_length = int(context_length)
-        self.normalize = as_bool(normalize)
+        self.normalize = normalize
         if model_name and model_name in open_clip.list_models():
             self.tokenizer = open_clip.get_tokenizer(model_name, context_length=self.context_length)
         else:
@@ -248,6 +246,7 @@ class OpenClipTextEncoder(nn.Module):
         super()._load_from_state_dict(*args, **kwargs)
 
 
+@configurable(pretrained={"pretrained": None})
 class OpenClipBackbone(nn.Module):
     """One open_clip CLIP, both towers: ``.image_encoder`` (trainable) and ``.text_encoder`` (frozen).
 
@@ -268,14 +267,13 @@ class OpenClipBackbone(nn.Module):
                  normalize_text: bool = True, final_norm: bool = True, train_image_encoder: bool = True,
                  cache_dir: str | None = None, config_key: str = "clip_pretrained"):
         super().__init__()
-        model_cfg = as_optional(model_cfg)
         clip = build_open_clip(model_name, pretrained, model_cfg, image_size, context_length, cache_dir, config_key)
         self.model_name = None if model_cfg is not None else model_name
         self.image_encoder = OpenClipImageEncoder(clip.visual, final_norm=final_norm)
         clip.visual = nn.Identity()  # the image tower lives in image_encoder
         self.text_encoder = OpenClipTextEncoder(clip, self.model_name, context_length, normalize_text)
         self.text_encoder.requires_grad_(False)
-        self.image_encoder.requires_grad_(as_bool(train_image_encoder))
+        self.image_encoder.requires_grad_(train_image_encoder)
 
     def train(self, mode: bool = True):
         super().train(mode)

@@ -1,4 +1,4 @@
-"""Glue between text-guided networks and MONAI's ignite engines.
+"""The training loop glue between text-guided networks and MONAI's ignite engines.
 
 * :class:`TextPrepareBatch` passes ``text_ids``/``text_mask`` from the batch to
   the network as keyword arguments (MONAI's ``PrepareBatchExtraInput``), and can
@@ -13,22 +13,19 @@
 from __future__ import annotations
 
 import contextlib
-import glob
-import logging
-import os
-import re
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import torch
 from monai.engines import PrepareBatchExtraInput, SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 
-from .config import as_bool, as_optional
+from common.core.describe import configurable
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+@configurable
 class TextPrepareBatch(PrepareBatchExtraInput):
     """Image and label from the batch, text tensors as keyword arguments of the network.
 
@@ -43,8 +40,8 @@ class TextPrepareBatch(PrepareBatchExtraInput):
     def __init__(self, text_keys: dict[str, str] | None = None, channels_last: bool = False,
                  plain_tensors: bool = False):
         super().__init__(extra_keys=text_keys or {"text_ids": "text_ids", "text_mask": "text_mask"})
-        self.channels_last = as_bool(channels_last)
-        self.plain_tensors = as_bool(plain_tensors)
+        self.channels_last = channels_last
+        self.plain_tensors = plain_tensors
 
     def __call__(self, batchdata, device=None, non_blocking: bool = False, **kwargs):
         missing = [k for k in self.extra_keys.values() if k not in batchdata]
@@ -89,7 +86,7 @@ class TextGuidedTrainer(SupervisedTrainer):
         if kwargs.get("amp"):
             raise ValueError("use precision='bf16' or 'fp16' instead of amp=True with TextGuidedTrainer")
         if kwargs.get("compile"):
-            raise ValueError("compile the network itself (common.engine.prepare_network(..., compile=True))")
+            raise ValueError("compile the network itself (common.engine.network.prepare_network(..., compile=True))")
         if kwargs.get("accumulation_steps", 1) != 1:
             raise ValueError("TextGuidedTrainer does not accumulate gradients; raise batch_size instead")
         super().__init__(*args, **kwargs)
@@ -168,106 +165,3 @@ class ProgressBar:
     def attach(self, engine) -> None:
         self.bar.attach(engine, output_transform=self.output_transform)
 
-
-def last_checkpoint(ckpt_dir: str, pattern: str = "checkpoint_epoch=*.pt") -> str | None:
-    """Path of the newest ``checkpoint_epoch=N.pt`` in ``ckpt_dir`` (highest N), or None."""
-    best, best_epoch = None, -1
-    for path in glob.glob(os.path.join(ckpt_dir, pattern)):
-        match = re.search(r"epoch=(\d+)", os.path.basename(path))
-        if match and int(match.group(1)) > best_epoch:
-            best, best_epoch = path, int(match.group(1))
-    return best
-
-
-def resume_path(resume: bool | str | None, ckpt_dir: str) -> str | None:
-    """What ``CheckpointLoader`` should load for config value ``resume``.
-
-    ``False``/``None``: nothing. ``True``/``"last"``: the newest epoch checkpoint in
-    ``ckpt_dir`` (error if none). A path: that file (error if missing).
-    """
-    resume = as_optional(resume)
-    if resume is None or resume is False or str(resume).lower() in ("false", "no", "0"):
-        return None
-    if resume is True or str(resume).lower() in ("true", "yes", "1", "last"):
-        path = last_checkpoint(ckpt_dir)
-        if path is None:
-            raise FileNotFoundError(f"resume: no checkpoint_epoch=*.pt in {ckpt_dir} to resume from")
-        return path
-    if not os.path.isfile(str(resume)):
-        raise FileNotFoundError(f"resume: checkpoint {resume} does not exist")
-    return str(resume)
-
-
-def load_model_weights(network: torch.nn.Module, path: str, key: str = "model", map_location="cpu") -> None:
-    """Load ``{key: state_dict}`` (as ``CheckpointSaver`` writes it) or a bare state dict into ``network``."""
-    if not path or not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path} does not exist: train first, or point the config at a model file")
-    state = torch.load(path, map_location=map_location, weights_only=True)
-    if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-        state = state[key]
-    unwrap(network).load_state_dict(state)
-
-
-def unwrap(network: torch.nn.Module) -> torch.nn.Module:
-    """The module inside DDP / DataParallel / torch.compile wrappers."""
-    while True:
-        if hasattr(network, "module") and isinstance(network.module, torch.nn.Module):
-            network = network.module
-        elif hasattr(network, "_orig_mod"):
-            network = network._orig_mod
-        else:
-            return network
-
-
-def trainable_parameters(network: torch.nn.Module) -> Sequence[torch.nn.Parameter]:
-    return [p for p in network.parameters() if p.requires_grad]
-
-
-def prepare_network(
-    network: torch.nn.Module, device: torch.device | str, channels_last: bool = False, compile: bool = False
-) -> torch.nn.Module:
-    """Move ``network`` to ``device``, channels-last if asked (CUDA convnets), ``torch.compile`` if asked.
-
-    Save and load weights through :func:`unwrap` so that checkpoints carry no
-    ``_orig_mod.`` / ``module.`` prefixes.
-    """
-    network = network.to(device)
-    if as_bool(channels_last):
-        network = network.to(memory_format=torch.channels_last)
-    if as_bool(compile):
-        network = torch.compile(network)
-    return network
-
-
-class ResumeHandler:
-    """Attach a ``CheckpointLoader`` for the checkpoint chosen by config value ``resume``.
-
-    ``resume`` is False/None (start fresh), True/``"last"`` (newest
-    ``checkpoint_epoch=N.pt`` in ``ckpt_dir``) or a file. The trainer's saved
-    state carries the epoch, so training continues where it stopped.
-    """
-
-    def __init__(self, resume, ckpt_dir: str, load_dict: dict, map_location=None):
-        self.resume = resume
-        self.ckpt_dir = ckpt_dir
-        self.load_dict = load_dict
-        self.map_location = map_location
-
-    def attach(self, engine) -> None:
-        from monai.handlers import CheckpointLoader
-
-        path = resume_path(self.resume, self.ckpt_dir)
-        if path is not None:
-            logging.getLogger(__name__).info("resuming from %s", path)
-            CheckpointLoader(load_path=path, load_dict=self.load_dict, map_location=self.map_location).attach(engine)
-
-
-def existing_checkpoint(path: str) -> str:
-    """``path`` if it is a file; otherwise an error that says how to get one."""
-    path = as_optional(path)
-    if path is None or not os.path.isfile(str(path)):
-        raise FileNotFoundError(
-            f"checkpoint {path} does not exist: train first (it is written to <output_dir>/models/model.pt), "
-            "or pass --checkpoint /path/to/model.pt"
-        )
-    return str(path)

@@ -7,11 +7,12 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .config import as_optional
-from .errors import PretrainedWeightsError
-from .pretrained import hub_offline, resolve_checkpoint_file
+from common.core.describe import configurable
+from common.core.errors import PretrainedWeightsError
+from common.core.pretrained import hub_offline, resolve_checkpoint_file
 
 
+@configurable(pretrained={"weights": None})
 class TimmFeatureEncoder(nn.Module):
     """A timm backbone (ConvNeXt by default) returning its stage outputs.
 
@@ -39,8 +40,6 @@ class TimmFeatureEncoder(nn.Module):
     ):
         super().__init__()
         import timm
-
-        weights = as_optional(weights)
 
         if name not in timm.list_models():
             raise ValueError(f"unknown timm model '{name}' (config key 'image_encoder')")

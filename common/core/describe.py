@@ -1,0 +1,314 @@
+"""Typed construction from config values, and objects that describe how they were built.
+
+``@configurable`` on a class (a network, an encoder, a loss) does two things when it is built:
+
+1. **Typed arguments.** Each constructor argument is coerced to its annotation. This is the one
+   place where command-line strings become values: ``python -m monai.bundle run ... --use_ltem
+   false --limit null --alignment_levels "[]"`` hands the config the strings ``"false"``,
+   ``"null"`` and a list; a ``bool`` argument gets ``False``, an ``int | None`` argument ``None``.
+   Constructors themselves take typed values only. A value that cannot be read as its type
+   raises, naming the class, the argument and the value.
+2. **Self-description.** The call is recorded, and :func:`describe` returns it as a MONAI config
+   (``{"_target_": "scripts.network.TMCA", "image_encoder": {"_target_": ...}, "use_ltem": false,
+   ...}``) in plain values, which :func:`instantiate` (MONAI's ``ConfigParser``) builds again.
+   Checkpoints carry it (:mod:`common.engine.checkpoints`), so evaluation, inference and export
+   build the network that was trained instead of one restated in another config.
+
+A class may name **pretrained arguments** (``@configurable(pretrained={"weights": None})``): the
+values they take when the weights come from a checkpoint instead (no download, no local file).
+:func:`describe` writes those values unless told that the part's weights are left out of the
+checkpoint. A class may also define ``offline_arguments(self) -> dict``: what it needs to be built
+without the files it read the first time (a Hugging Face model's config, MONCH's prompt sentences).
+
+``@typed`` on a function does step 1 only (dataset builders and other config entry points).
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import contextlib
+import copy
+import functools
+import inspect
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+from .config import as_bool
+
+__all__ = ["configurable", "typed", "coerce", "describe", "instantiate", "bundle_scripts", "target_name",
+           "is_configurable", "ConfigurationError"]
+
+_NULL = {"null", "none", ""}
+_MARKERS = ("$", "@", "%")  # strings MONAI's config parser would read as expressions or references
+
+
+class ConfigurationError(ValueError):
+    """A config value cannot be read as the type its argument takes, or cannot be described."""
+
+
+# ---------------------------------------------------------------------------- coercion
+def _parse_literal(value: str):
+    import yaml
+
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+
+
+def _is_sequence_hint(hint, origin) -> bool:
+    return origin in (list, tuple, collections.abc.Sequence, collections.abc.Iterable) or hint in (list, tuple)
+
+
+def coerce(value: Any, hint: Any, where: str = "value") -> Any:
+    """``value`` as the type ``hint`` says (see the module doc); raises :class:`ConfigurationError`."""
+    if hint is Any or hint is inspect.Parameter.empty or hint is None:
+        return value
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        allows_none = type(None) in args
+        if value is None or (allows_none and isinstance(value, str) and value.strip().lower() in _NULL):
+            if allows_none:
+                return None
+            raise ConfigurationError(f"{where} must not be null")
+        errors = []
+        for member in (a for a in args if a is not type(None)):
+            try:
+                return coerce(value, member, where)
+            except ConfigurationError as err:
+                errors.append(err)
+        raise errors[0] if errors else ConfigurationError(f"{where}: cannot read {value!r}")
+    if value is None:
+        return None
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, (int, float)) and value in (0, 1):
+            return bool(value)
+        try:
+            return as_bool(value)
+        except ValueError:
+            raise ConfigurationError(f"{where} = {value!r} is not true/false") from None
+    if hint is int:
+        if isinstance(value, bool):
+            return int(value)
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                pass
+        raise ConfigurationError(f"{where} = {value!r} is not a whole number")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                pass
+        raise ConfigurationError(f"{where} = {value!r} is not a number")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # e.g. alignment level 32 written without quotes
+        if isinstance(value, Path):
+            return str(value)
+        raise ConfigurationError(f"{where} = {value!r} is not a string")
+    if _is_sequence_hint(hint, origin):
+        if isinstance(value, str):
+            parsed = _parse_literal(value)
+            value = parsed if isinstance(parsed, (list, tuple)) else [v.strip() for v in value.strip("[]()").split(",")
+                                                                       if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigurationError(f"{where} = {value!r} is not a list")
+        if origin is tuple and len(args) >= 1 and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise ConfigurationError(f"{where} = {value!r} needs {len(args)} values")
+            return tuple(coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        inner = args[0] if args else Any
+        items = [coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if (origin is tuple or hint is tuple) else items
+    if origin in (dict, collections.abc.Mapping) or hint in (dict, Mapping):
+        if isinstance(value, str):
+            value = _parse_literal(value)
+        if not isinstance(value, collections.abc.Mapping):
+            raise ConfigurationError(f"{where} = {value!r} is not a mapping")
+        return value
+    return value
+
+
+@functools.lru_cache(maxsize=None)
+def _signature_hints(func: Callable) -> tuple[inspect.Signature, dict]:
+    signature = inspect.signature(func)
+    try:
+        hints = typing.get_type_hints(func)
+    except Exception as err:  # an annotation that does not resolve is a programming error: say where
+        raise TypeError(f"cannot read the annotations of {func.__qualname__}: {err}") from err
+    return signature, hints
+
+
+def _coerce_arguments(func: Callable, owner: str, args, kwargs, skip_first: bool):
+    signature, hints = _signature_hints(func)
+    bound = signature.bind(*args, **kwargs)
+    bound.apply_defaults()
+    names = list(signature.parameters)[1 if skip_first else 0:]
+    for name in names:
+        param = signature.parameters[name]
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        bound.arguments[name] = coerce(bound.arguments[name], hints.get(name, Any), f"{owner}: argument '{name}'")
+    return bound, names, signature
+
+
+def typed(func: Callable) -> Callable:
+    """Coerce a function's arguments to their annotations (see :func:`coerce`)."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        bound, _, _ = _coerce_arguments(func, func.__qualname__, args, kwargs, skip_first=False)
+        return func(*bound.args, **bound.kwargs)
+
+    return wrapper
+
+
+# ---------------------------------------------------------------------------- recording
+def configurable(cls: type | None = None, *, pretrained: Mapping[str, Any] | None = None):
+    """Class decorator: typed constructor arguments and a recorded description (module doc)."""
+
+    def decorate(klass: type) -> type:
+        original = klass.__init__
+
+        @functools.wraps(original)
+        def __init__(self, *args, **kwargs):
+            bound, names, signature = _coerce_arguments(original, klass.__name__, (self, *args), kwargs, skip_first=True)
+            if type(self) is klass:  # the outermost configurable class records the call
+                recorded = {}
+                for name in names:
+                    if signature.parameters[name].kind is inspect.Parameter.VAR_POSITIONAL:
+                        raise TypeError(f"@configurable {klass.__name__} cannot take *{name}")
+                    if signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+                        recorded.update(bound.arguments[name])
+                    else:
+                        recorded[name] = bound.arguments[name]
+                object.__setattr__(self, "_configured_with", recorded)
+            original(*bound.args, **bound.kwargs)
+
+        klass.__init__ = __init__
+        klass._pretrained_arguments = dict(pretrained or {})
+        for name in klass._pretrained_arguments:
+            if name not in inspect.signature(original).parameters:
+                raise TypeError(f"{klass.__name__} has no argument '{name}' to mark as pretrained")
+        return klass
+
+    return decorate(cls) if cls is not None else decorate
+
+
+def is_configurable(obj: Any) -> bool:
+    return "_configured_with" in getattr(obj, "__dict__", {})
+
+
+def target_name(klass: type) -> str:
+    """``module.Class`` as a bundle config names it: a bundle's own code is ``scripts.<module>``."""
+    module = klass.__module__
+    parts = module.split(".")
+    if len(parts) > 2 and parts[0] == "bundles" and parts[2] == "scripts":
+        module = ".".join(parts[2:])
+    return f"{module}.{klass.__qualname__}"
+
+
+def describe(obj: Any, keep_pretrained: Iterable[Any] = ()) -> dict:
+    """The MONAI config (plain values) that builds ``obj`` again.
+
+    Nested configurable objects become nested configs. Their pretrained arguments take the values
+    for "weights from a checkpoint" (:func:`configurable`), except for the objects in
+    ``keep_pretrained``: parts whose weights the checkpoint leaves out and that load from their
+    pretrained source again.
+    """
+    keep = {id(o) for o in keep_pretrained}
+    return _describe(obj, "network", keep)
+
+
+def _describe(obj: Any, path: str, keep: set[int]) -> dict:
+    if not is_configurable(obj):
+        raise ConfigurationError(
+            f"{path}: {type(obj).__name__} is not @configurable, so a checkpoint cannot say how to build it")
+    arguments = dict(obj._configured_with)
+    if id(obj) not in keep:
+        arguments.update(type(obj)._pretrained_arguments)
+        if hasattr(obj, "offline_arguments"):
+            arguments.update(obj.offline_arguments())
+    config = {"_target_": target_name(type(obj))}
+    for name, value in arguments.items():
+        config[name] = _plain(value, f"{path}.{name}", keep)
+    return config
+
+
+def _plain(value: Any, path: str, keep: set[int]) -> Any:
+    if is_configurable(value):
+        return _describe(value, path, keep)
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, str):
+        if value.startswith(_MARKERS):
+            raise ConfigurationError(f"{path} = {value!r} starts with {value[0]!r}, which a MONAI config would read "
+                                     "as an expression or a reference")
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, f"{path}[{i}]", keep) for i, v in enumerate(value)]
+    if isinstance(value, collections.abc.Mapping):
+        return {str(k): _plain(v, f"{path}.{k}", keep) for k, v in value.items()}
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # numpy / torch scalars
+        return value.item()
+    if hasattr(value, "state_dict"):  # a module or optimiser built outside @configurable
+        raise ConfigurationError(
+            f"{path}: {type(value).__name__} is not @configurable, so a checkpoint cannot say how to build it")
+    raise ConfigurationError(f"{path}: a {type(value).__name__} cannot be written as a config value")
+
+
+@contextlib.contextmanager
+def bundle_scripts(bundle_root: str | Path | None):
+    """Make ``scripts`` (and ``scripts.<module>``) the package of ``bundle_root`` while the block runs.
+
+    Every bundle names its own code ``scripts``; in a process that uses several bundles (tests,
+    the MONAI Label app) the package imported first would otherwise answer for all of them.
+    """
+    if bundle_root is None:
+        yield
+        return
+    folder = str(Path(bundle_root).resolve())
+    saved = {name: mod for name, mod in sys.modules.items() if name == "scripts" or name.startswith("scripts.")}
+    own = saved.get("scripts")
+    own_file = getattr(own, "__file__", None) or ""
+    if own is not None and Path(own_file).resolve().parent.parent == Path(folder):
+        yield  # already this bundle's package
+        return
+    for name in saved:
+        del sys.modules[name]
+    sys.path.insert(0, folder)
+    try:
+        yield
+    finally:
+        sys.path.remove(folder)
+        for name in [n for n in sys.modules if n == "scripts" or n.startswith("scripts.")]:
+            del sys.modules[name]
+        sys.modules.update(saved)
+
+
+def instantiate(config: Mapping, bundle_root: str | Path | None = None) -> Any:
+    """Build an object from a description with MONAI's ``ConfigParser``; ``scripts.<module>`` targets
+    resolve to the package of ``bundle_root`` (:func:`bundle_scripts`), as in ``monai.bundle run``."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser({"built": copy.deepcopy(dict(config))})
+    with bundle_scripts(bundle_root):
+        return parser.get_parsed_content("built")

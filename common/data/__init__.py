@@ -1,0 +1,12 @@
+"""Dataset readers (as the publishers ship the data), builders of records, synthetic writers.
+"""
+
+import importlib
+
+__all__ = ['datalist', 'files', 'lvit', 'prompt_json', 'pannuke', 'referring_ct', 'synthetic']
+
+
+def __getattr__(name):
+    if name in __all__:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,137 @@
+"""Datalists for the published text-guided segmentation datasets, and for any other as a file.
+
+:func:`build_datalist` returns the records ``{"image", "label", "text", "name"}`` of one split
+(paths absolute, ``text`` a string or a list of strings) for a ``dataset_format``:
+
+* ``qata``, ``mosmed``: :mod:`common.data.lvit`;
+* ``kvasir``, ``bkai``: :mod:`common.data.prompt_json`;
+* ``refct``: referring lesion records in CT, :mod:`common.data.referring_ct`;
+* ``datalist``: a JSON list, JSONL or CSV file of ``image, label, text`` records (paths relative
+  to the file), for anything else.
+
+Every row of a text file must resolve to an existing image and mask; anything that does not
+raises :class:`~common.core.errors.DatasetError` naming the file, and no sample is dropped
+silently. ``check_files`` additionally opens each image and mask header to catch unreadable
+files and size mismatches before training.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Sequence
+
+from common.core.describe import typed
+from common.core.errors import DatasetError
+
+from .files import IMAGE_SUFFIXES, find_file
+from .lvit import lvit_datalist
+from .prompt_json import prompt_json_datalist
+
+FORMATS = ("qata", "mosmed", "kvasir", "bkai", "refct", "datalist")
+
+def file_datalist(path: str | Path) -> list[dict]:
+    """A JSON list, JSONL or CSV (``image,label,text``) of records; relative paths are relative to the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(path, "datalist file does not exist")
+    try:
+        if path.suffix == ".jsonl":
+            entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        elif path.suffix == ".json":
+            entries = json.loads(path.read_text())
+        else:
+            with open(path, newline="", encoding="utf-8-sig") as f:
+                entries = list(csv.DictReader(f))
+    except Exception as err:
+        raise DatasetError(path, f"cannot parse datalist ({type(err).__name__}: {err})") from err
+    records = []
+    for n, entry in enumerate(entries):
+        missing = [k for k in ("image", "text") if not entry.get(k)]
+        if missing:
+            raise DatasetError(path, f"record {n} has no {missing}")
+        rec = dict(entry)
+        for key in ("image", "label"):
+            if rec.get(key):
+                p = Path(rec[key])
+                p = p if p.is_absolute() else path.parent / p
+                if not p.is_file():
+                    raise DatasetError(path, f"record {n}: {key} {p} does not exist")
+                rec[key] = str(p)
+        rec.setdefault("name", Path(rec["image"]).stem)
+        records.append(rec)
+    return records
+
+
+def check_records(records: Sequence[dict], keys: Sequence[str] = ("image", "label")) -> None:
+    """Open every raster image/mask header: unreadable files and image/mask size mismatches raise."""
+    from PIL import Image
+
+    for rec in records:
+        sizes = {}
+        for key in keys:
+            path = rec.get(key)
+            if not path or not str(path).lower().endswith(IMAGE_SUFFIXES):
+                continue
+            try:
+                with Image.open(path) as im:
+                    sizes[key] = im.size
+            except Exception as err:
+                raise DatasetError(path, f"cannot read {key} ({type(err).__name__}: {err})") from err
+        if len(set(sizes.values())) > 1:
+            raise DatasetError(rec.get("label"), f"mask size {sizes.get('label')} differs from image size "
+                               f"{sizes.get('image')} ({rec.get('image')})")
+
+
+@typed
+def build_datalist(
+    dataset_format: str,
+    dataset_dir: str | Path,
+    split: str,
+    prompt_level: str = "p6",
+    val_fraction: float = 0.2,
+    text_file: str | Path | None = None,
+    check_files: bool = True,
+    limit: int | None = None,
+) -> list[dict]:
+    """The records of one split of a dataset (see the module doc for formats and layouts).
+
+    Args:
+        dataset_format: one of :data:`FORMATS`.
+        dataset_dir: the dataset folder (for ``datalist``: a folder holding
+            ``{split}.json``/``.jsonl``/``.csv``, or the file itself).
+        split: ``train``, ``val`` or ``test``.
+        prompt_level: Poudel prompt key for ``kvasir``/``bkai``.
+        val_fraction: QaTa without a validation file: last fraction of the train rows.
+        text_file: override the text/prompt file.
+        check_files: open every image/mask header (readability, size match).
+        limit: keep the first ``limit`` records (quick runs).
+    """
+    if dataset_format not in FORMATS:
+        raise ValueError(f"dataset_format must be one of {FORMATS}, got {dataset_format!r}")
+    if dataset_format in ("qata", "mosmed"):
+        records = lvit_datalist(dataset_dir, split, text_file=text_file, val_fraction=val_fraction)
+    elif dataset_format in ("kvasir", "bkai"):
+        records = prompt_json_datalist(dataset_dir, split, prompt_level=prompt_level, prompt_file=text_file)
+    elif dataset_format == "refct":
+        from .referring_ct.records import referring_datalist
+
+        records = referring_datalist(text_file or dataset_dir, split)
+    else:
+        path = Path(text_file or dataset_dir)
+        if path.is_dir():
+            found = find_file([path], [f"{split}.json", f"{split}.jsonl", f"{split}.csv"])
+            if found is None:
+                raise DatasetError(path, f"no {split}.json / {split}.jsonl / {split}.csv datalist")
+            path = found
+        records = file_datalist(path)
+    if limit:
+        records = records[: int(limit)]
+    if check_files:
+        check_records(records)
+    for rec in records:
+        rec["dataset"] = dataset_format
+        rec["label_path"] = rec.get("label", "")
+    return records
+

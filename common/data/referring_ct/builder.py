@@ -1,0 +1,208 @@
+"""Build referring-lesion records from any CT + lesion-label volume pair (``scripts/build_referring_ct.py``).
+
+The builder reads each pair through MONAI (nibabel for NIfTI, ITK for the rest), reorients both
+to RAS, finds the axial slices that contain lesions, and writes one record per lesion in each
+such slice (:mod:`.records`) with a referring expression made of three comma-separated attribute
+phrases (:mod:`.expressions`): its size rank among the slice's lesions, its side (patient
+left/right of the body's midline in that slice) and its largest in-plane diameter in mm.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from common.core.describe import typed
+from common.core.errors import DatasetError
+from transforms.volumes import ABDOMINAL_WINDOW, load_volume, to_display, window
+
+from .expressions import referring_expression
+from .geometry import slice_lesions
+
+logger = logging.getLogger(__name__)
+
+def check_pair(ct, labels, ct_path: Path, label_path: Path) -> None:
+    if tuple(ct.shape) != tuple(labels.shape):
+        raise DatasetError(label_path, f"label volume shape {tuple(labels.shape[1:])} differs from the CT's "
+                                       f"{tuple(ct.shape[1:])} ({ct_path})")
+    bad = int((~np.isfinite(np.asarray(ct))).sum())
+    if bad:
+        raise DatasetError(ct_path, f"{bad} non-finite voxels (NaN/inf) in the CT")
+    bad = int((~np.isfinite(np.asarray(labels))).sum())
+    if bad:
+        raise DatasetError(label_path, f"{bad} non-finite voxels (NaN/inf) in the label volume")
+
+
+def _instance_labels(labels: np.ndarray, lesion_values: Sequence[int] | None, connected_components: bool) -> np.ndarray:
+    """Lesion-instance ids from a label volume (values, or 3-D connected components of the lesion values)."""
+    values = [int(v) for v in np.unique(labels) if v > 0] if lesion_values is None else [int(v) for v in lesion_values]
+    lesion = np.isin(labels, values)
+    if connected_components:
+        from scipy import ndimage
+
+        instances, _ = ndimage.label(lesion, structure=np.ones((3, 3, 3)))
+        return instances.astype(np.int32)
+    return np.where(lesion, labels, 0).astype(np.int32)
+
+
+def _save_png(path: Path, array: np.ndarray, dtype) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.asarray(array).round().astype(dtype)).save(path)
+
+
+def build_case(ct_path: str | Path, label_path: str | Path, out_dir: str | Path, case: str,
+               output_format: str = "png", lesion_values: Sequence[int] | None = None,
+               connected_components: bool = False, window_hu: Sequence[float] = ABDOMINAL_WINDOW,
+               min_lesion_pixels: int = 4, body_threshold_hu: float = -500.0) -> list[dict]:
+    """Records (paths relative to ``out_dir``) for one CT + lesion-label pair; slice files are written for ``png``."""
+    import nibabel as nib
+
+    ct_path, label_path, out_dir = Path(ct_path), Path(label_path), Path(out_dir)
+    ct = load_volume(ct_path, "CT")
+    labels = load_volume(label_path, "label")
+    check_pair(ct, labels, ct_path, label_path)
+    spacing = ct.meta["checked_spacing"]
+    hu = np.asarray(ct[0], dtype=np.float32)
+    raw_labels = np.asarray(labels[0])
+    if np.any(raw_labels < 0) or np.any(raw_labels != np.round(raw_labels)):
+        raise DatasetError(label_path, "label volume must hold non-negative integer labels")
+    instances = _instance_labels(raw_labels.astype(np.int64), lesion_values, connected_components)
+
+    mask_ref = str(label_path)
+    if output_format == "volume":
+        if connected_components or lesion_values is not None:  # the ids exist only in our instance map
+            inst_path = out_dir / "labels" / f"{case}_lesions.nii.gz"
+            inst_path.parent.mkdir(parents=True, exist_ok=True)
+            nib.save(nib.Nifti1Image(instances.astype(np.int16), np.asarray(ct.affine)), str(inst_path))
+            mask_ref = str(inst_path)
+    elif output_format != "png":
+        raise ValueError(f"output_format must be 'png' or 'volume', got {output_format!r}")
+
+    records, skipped = [], 0
+    for z in range(instances.shape[2]):
+        labels_xy = instances[:, :, z].copy()
+        for lesion_id in np.unique(labels_xy):
+            if lesion_id > 0 and (labels_xy == lesion_id).sum() < min_lesion_pixels:
+                labels_xy[labels_xy == lesion_id] = 0  # too small to refer to in this slice
+                skipped += 1
+        lesions = slice_lesions(labels_xy, hu[:, :, z] > body_threshold_hu, spacing[:2])
+        if not lesions:
+            continue
+        if output_format == "png":
+            image_rel = Path("images") / f"{case}_z{z:03d}.png"
+            mask_rel = Path("labels") / f"{case}_z{z:03d}.png"
+            _save_png(out_dir / image_rel, to_display(window(hu[:, :, z], window_hu)), np.uint8)
+            ids = to_display(labels_xy)
+            _save_png(out_dir / mask_rel, ids, np.uint8 if ids.max() < 256 else np.uint16)
+            image_ref, slice_ref, mask_path = str(image_rel), z, str(mask_rel)
+        else:
+            image_ref, slice_ref, mask_path = str(ct_path.resolve()), z, str(Path(mask_ref).resolve())
+        for lesion in lesions:
+            records.append({
+                "image": image_ref, "slice": slice_ref, "mask": mask_path, "lesion_id": lesion["lesion_id"],
+                "text": referring_expression(lesion), "case": case, "side": lesion["side"],
+                "size_rank": lesion["rank"] + 1, "lesions_in_slice": lesion["count"],
+                "diameter_mm": round(lesion["diameter_mm"], 2), "spacing_mm": [round(s, 4) for s in spacing],
+            })
+    if skipped:
+        logger.warning("%s: %d lesion cross-sections smaller than %d pixels get no record", case, skipped,
+                       min_lesion_pixels)
+    return records
+
+
+def split_cases(cases: Sequence[str], val_fraction: float, test_fraction: float, seed: int) -> dict[str, str]:
+    """Patient-level split: every slice of a case lands in the same split."""
+    order = sorted(cases)
+    random.Random(seed).shuffle(order)
+    n = len(order)
+    n_test = max(1, round(n * test_fraction)) if test_fraction > 0 and n >= 3 else 0
+    n_val = max(1, round(n * val_fraction)) if val_fraction > 0 and n - n_test >= 2 else 0
+    split = {}
+    for i, case in enumerate(order):
+        split[case] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
+    return split
+
+
+@typed
+def build_referring_dataset(pairs: Sequence[tuple[str, str, str]], out_dir: str | Path, output_format: str = "png",
+                            val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0,
+                            lesion_values: Sequence[int] | None = None, connected_components: bool = False,
+                            window_hu: Sequence[float] = ABDOMINAL_WINDOW, min_lesion_pixels: int = 4,
+                            progress: bool = True) -> dict[str, int]:
+    """Write ``train/val/test.jsonl`` (and slice PNGs) under ``out_dir`` from ``(case, ct, label)`` triples."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not pairs:
+        raise ValueError("no CT/label pairs to build from")
+    splits = split_cases([c for c, _, _ in pairs], val_fraction, test_fraction, seed)
+    by_split: dict[str, list[dict]] = {"train": [], "val": [], "test": []}
+    for i, (case, ct_path, label_path) in enumerate(pairs, start=1):
+        records = build_case(ct_path, label_path, out_dir, case, output_format, lesion_values,
+                             connected_components, window_hu, min_lesion_pixels)
+        if not records:
+            logger.warning("%s: no lesion in %s", case, label_path)
+        by_split[splits[case]].extend(records)
+        if progress:
+            print(f"[{i}/{len(pairs)}] {case}: {len(records)} lesion records ({splits[case]})", flush=True)
+    for split, records in by_split.items():
+        with open(out_dir / f"{split}.jsonl", "w", encoding="utf-8") as f:
+            for rec in records:
+                f.write(json.dumps(rec) + "\n")
+    counts = {split: len(records) for split, records in by_split.items()}
+    (out_dir / "dataset.json").write_text(json.dumps({
+        "description": "referring lesion segmentation records built by scripts/build_referring_ct.py",
+        "output_format": output_format, "window_hu": list(window_hu), "counts": counts,
+        "cases": {case: splits[case] for case, _, _ in pairs},
+    }, indent=1))
+    return counts
+
+
+def find_pairs(ct: str | Path, labels: str | Path | None = None, pairs_csv: str | Path | None = None) -> list[tuple[str, str, str]]:
+    """``(case, ct, label)`` triples from a CSV (``ct,label[,case]``), two files, or two folders with equal file names."""
+    import csv
+
+    if pairs_csv:
+        pairs_csv = Path(pairs_csv)
+        if not pairs_csv.is_file():
+            raise DatasetError(pairs_csv, "pairs CSV does not exist")
+        with open(pairs_csv, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.DictReader(f))
+        if not rows or "ct" not in rows[0] or "label" not in rows[0]:
+            raise DatasetError(pairs_csv, "pairs CSV needs columns ct,label (and optionally case)")
+        out = []
+        for row in rows:
+            ct_p, lab_p = (Path(row[k]) if Path(row[k]).is_absolute() else pairs_csv.parent / row[k] for k in ("ct", "label"))
+            out.append((row.get("case") or _case_name(ct_p), str(ct_p), str(lab_p)))
+        return out
+    ct, labels = Path(ct), Path(labels) if labels else None
+    if labels is None:
+        raise ValueError("give labels (a file or folder) or pairs_csv")
+    if ct.is_file():
+        return [(_case_name(ct), str(ct), str(labels))]
+    if not ct.is_dir():
+        raise DatasetError(ct, "CT path does not exist")
+    out = []
+    for path in sorted(p for p in ct.iterdir() if p.is_file() and not p.name.startswith(".")):
+        label = labels / path.name
+        if not label.is_file():
+            raise DatasetError(label, f"no label volume with the CT's file name ({path})")
+        out.append((_case_name(path), str(path), str(label)))
+    if not out:
+        raise DatasetError(ct, "no CT volumes in the folder")
+    return out
+
+
+def _case_name(path: Path) -> str:
+    name = path.name
+    for suffix in (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+

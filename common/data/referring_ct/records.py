@@ -1,0 +1,72 @@
+"""The referring-lesion record and its reader.
+
+RefHL-Seg (the LSMS paper's dataset) is not public, so we define its record and a tool that makes
+such a dataset from any CT volume with a lesion-label volume (:mod:`.builder`).
+
+Record (one JSON object per line of ``train.jsonl`` / ``val.jsonl`` / ``test.jsonl``; paths
+relative to the file)::
+
+    {"image": "images/case_000_z012.png" | "ct/case_000.nii.gz",
+     "slice": 12,                      # axial index in the RAS-oriented volume
+     "mask": "labels/case_000_z012.png" | "labels/case_000.nii.gz",
+     "lesion_id": 2,                   # the value of the referred lesion in the mask
+     "text": "the largest of 3 lesions in this slice, on the patient's right side, 27.5 mm in diameter",
+     "case": "case_000", ...}          # extra fields are kept
+
+A 2-D ``image`` (PNG written by the builder) is already windowed and shown in radiological
+orientation (patient's right on the image's left, anterior up); a 3-D ``image`` is windowed and
+oriented the same way when it is loaded (:class:`transforms.referring.LoadReferringSliced`).
+Either way the mask is the lesion-id map of that slice and the target is ``mask == lesion_id``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from common.core.errors import DatasetError
+
+REQUIRED_KEYS = ("image", "mask", "lesion_id", "text")
+
+
+def referring_datalist(dataset_dir: str | Path, split: str) -> list[dict]:
+    """Records of ``<dataset_dir>/<split>.jsonl`` (or a JSONL file itself) with absolute paths.
+
+    Each record gets ``label`` (the mask path, the key the bundles' transforms use)
+    and ``name``; a missing key, a missing file or a bad ``slice``/``lesion_id`` raises.
+    """
+    path = Path(dataset_dir)
+    if path.is_dir():
+        path = path / f"{split}.jsonl"
+    if not path.is_file():
+        raise DatasetError(path, f"no {split} split: expected a JSONL file of referring records")
+    records = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DatasetError(path, f"line {n} is not JSON ({err})") from err
+        missing = [k for k in REQUIRED_KEYS if entry.get(k) in (None, "")]
+        if missing:
+            raise DatasetError(path, f"line {n} has no {missing}")
+        rec = dict(entry)
+        for key in ("image", "mask"):
+            p = Path(rec[key])
+            p = p if p.is_absolute() else path.parent / p
+            if not p.is_file():
+                raise DatasetError(path, f"line {n}: {key} {p} does not exist")
+            rec[key] = str(p)
+        try:
+            rec["lesion_id"] = int(rec["lesion_id"])
+            rec["slice"] = None if rec.get("slice") is None else int(rec["slice"])
+        except (TypeError, ValueError) as err:
+            raise DatasetError(path, f"line {n}: lesion_id and slice must be integers ({err})") from err
+        rec["label"] = rec["mask"]
+        rec.setdefault("name", f"{Path(rec['image']).name.split('.')[0]}_lesion{rec['lesion_id']}")
+        records.append(rec)
+    if not records:
+        raise DatasetError(path, "no records")
+    return records
+
