@@ -10,8 +10,9 @@ Settings: ``fp32`` (eager, float32), ``bf16`` (bf16 autocast + channels-last), a
 ``+compile`` on either (``torch.compile`` of the network). Per setting it reports
 training images/s (forward + loss + backward + AdamW step on a batch), inference
 ms/image (batch 1, eval mode), peak GPU memory during training, parameters and
-forward GFLOPs per image (``torch.utils.flop_counter``: one multiply-add counts as two
-FLOPs), each also without the text encoder (the "image branch").
+forward GFLOPs per image (``common.evaluation.cost.forward_flops``: one multiply-add counts
+as two FLOPs, attention projections and products included), each also without the text
+encoder (the "image branch").
 
 The network comes from the bundle's ``configs/train.yaml`` with ``--override``
 values. For the bundles that take a prompt per image (tmca, lsms) the text encoder is ``random-bert-base`` (default) builds a BERT-base-sized
@@ -84,7 +85,8 @@ def _batch(parser, spec: dict, batch_size: int, image_size: int, device: torch.d
         return (image.to(device),), label.to(device)
     from transforms.text import TokenizeTextd
 
-    tok = TokenizeTextd(tokenizer=parser["text_encoder"], max_length=parser["text_max_length"],
+    length = parser["text_max_length"]
+    tok = TokenizeTextd(tokenizer=parser["text_encoder"], max_length=32 if isinstance(length, str) else length,
                         trust_remote_code=parser["text_trust_remote_code"])
     sizes, places = ["small", "medium", "large"], ["top left", "top", "top right", "left", "center", "right",
                                                    "bottom left", "bottom", "bottom right"]
@@ -94,9 +96,9 @@ def _batch(parser, spec: dict, batch_size: int, image_size: int, device: torch.d
     return (image.to(device), ids.to(device), mask.to(device)), label.to(device)
 
 
-def _text_flops(counts: dict) -> int:
-    """FLOPs spent inside a module called ``text_encoder`` (from ``FlopCounterMode.get_flop_counts()``)."""
-    return sum(sum(v.values()) for k, v in counts.items() if k.count(".") == 1 and k.endswith(".text_encoder"))
+def _text_flops(per_module: dict) -> int:
+    """FLOPs spent inside a module called ``text_encoder`` (per module name, as ``forward_flops`` gives them)."""
+    return sum(v for k, v in per_module.items() if k.count(".") == 1 and k.endswith(".text_encoder"))
 
 
 def _sync(device):
@@ -106,9 +108,8 @@ def _sync(device):
 
 def _measure(parser, spec: dict, setting: str, device: torch.device, batch_size: int, image_size: int, steps: int,
              warmup: int):
-    from torch.utils.flop_counter import FlopCounterMode
-
     from common.engine.trainer import autocast_context
+    from common.evaluation.cost import forward_flops
     from common.engine.network import trainable_parameters
 
     precision = "bf16" if setting.startswith("bf16") else "fp32"
@@ -123,13 +124,12 @@ def _measure(parser, spec: dict, setting: str, device: torch.device, batch_size:
     text_encoder = getattr(net, "text_encoder", None)
     text_params = sum(p.numel() for p in text_encoder.parameters()) if isinstance(text_encoder, torch.nn.Module) else 0
 
-    # forward GFLOPs per image, eval mode, batch 1
+    # forward GFLOPs per image, eval mode, batch 1 (attention counted in full: common.evaluation.cost)
     inputs, label = _batch(parser, spec, 1, image_size, device)
     net.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        net(*inputs)
-    gflops = counter.get_total_flops() / 1e9
-    image_gflops = gflops - _text_flops(counter.get_flop_counts()) / 1e9
+    flops, per_module = forward_flops(net, *inputs)
+    gflops = flops / 1e9
+    image_gflops = gflops - _text_flops(per_module) / 1e9
 
     model = torch.compile(net) if "compile" in setting else net
     optimizer = torch.optim.AdamW(trainable_parameters(net), lr=1e-4)

@@ -1,8 +1,9 @@
 """Build a referring-lesion dataset (JSONL records, see common/referring_ct.py) from CT + lesion labels.
 
-    python scripts/build_referring_ct.py --ct /data/ct --labels /data/lesions --out_dir /data/refct
-    python scripts/build_referring_ct.py --pairs pairs.csv --out_dir /data/refct      # columns ct,label[,case]
-    # LiTS-style labels (1 liver, 2 tumour): split tumour voxels into 3-D connected lesions
+    # lesion-instance maps (every non-zero value is one lesion)
+    python scripts/build_referring_ct.py --ct /data/ct --labels /data/lesions --out_dir /data/refct --lesion_values all
+    python scripts/build_referring_ct.py --pairs pairs.csv --out_dir /data/refct --lesion_values all  # ct,label[,case]
+    # LiTS/KiTS-style labels (1 organ, 2 tumour): split tumour voxels into 3-D connected lesions
     python scripts/build_referring_ct.py --pairs lits.csv --out_dir /data/refct \
         --lesion_values "[2]" --connected_components True
 
@@ -25,8 +26,8 @@ from common.data.referring_ct.builder import build_referring_dataset, find_pairs
 
 def main(out_dir: str, ct: str | None = None, labels: str | None = None, pairs: str | None = None,
          output_format: str = "png", val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0,
-         lesion_values: list | None = None, connected_components: bool = False,
-         window_hu: tuple = ABDOMINAL_WINDOW, min_lesion_pixels: int = 4) -> None:
+         lesion_values: list | str | None = None, connected_components: bool = False,
+         window_hu: tuple = ABDOMINAL_WINDOW, min_lesion_pixels: int = 4, resample_labels: bool = False) -> None:
     """Write ``train/val/test.jsonl`` and ``dataset.json`` under ``out_dir``; prints the record counts.
 
     Args:
@@ -36,15 +37,19 @@ def main(out_dir: str, ct: str | None = None, labels: str | None = None, pairs: 
         pairs: instead of ct/labels, a CSV with columns ``ct,label[,case]`` (paths relative to it).
         output_format: ``png`` (windowed slice PNGs) or ``volume`` (records point at the volumes).
         val_fraction, test_fraction, seed: patient-level split.
-        lesion_values: label values that are lesions (default: every value > 0, each one lesion).
+        lesion_values: which label values are lesions (required): ``all`` (every non-zero value is one
+            lesion) or a list such as ``"[2]"`` (LiTS/KiTS tumour; 1 is the organ).
         connected_components: split the lesion voxels into 3-D connected components.
         window_hu: (low, high) HU window; default abdominal (-160, 240).
         min_lesion_pixels: lesion cross-sections smaller than this are not referred to.
+        resample_labels: resample a label volume whose grid (shape/affine) differs from the CT's onto
+            the CT grid (nearest neighbour) instead of refusing it.
     """
     counts = build_referring_dataset(
         find_pairs(ct, labels, pairs), out_dir, output_format=output_format, val_fraction=val_fraction,
         test_fraction=test_fraction, seed=seed, lesion_values=lesion_values,
         connected_components=connected_components, window_hu=window_hu, min_lesion_pixels=min_lesion_pixels,
+        resample_labels=resample_labels,
     )
     print(f"records: {counts}; wrote {out_dir}/{{train,val,test}}.jsonl")
 

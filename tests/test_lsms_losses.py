@@ -49,7 +49,7 @@ def test_contrastive_loss_worked_by_hand():
     tau = 0.1
     # p.L = 1, p.n1 = 0, p.n2 = 0.6 (unit vectors already)
     prob = math.exp(1 / tau) / (math.exp(1 / tau) + math.exp(0) + math.exp(0.6 / tau))
-    got = pixel_text_contrastive_loss(feats, text, target, temperature=tau, max_pixels=None)
+    got = pixel_text_contrastive_loss(feats, text, target, temperature=tau, max_pixels=None, use_log=False)
     assert math.isclose(got.item(), 1 - prob, rel_tol=1e-5)
     got_log = pixel_text_contrastive_loss(feats, text, target, temperature=tau, max_pixels=None, use_log=True)
     assert math.isclose(got_log.item(), -math.log(prob), rel_tol=1e-5)
@@ -90,3 +90,40 @@ def test_all_empty_masks_give_a_finite_loss():
     terms["loss"].backward()
     assert torch.isfinite(outputs["pred"].grad).all()
     assert torch.isfinite(LSMSLoss()(torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 8))["loss"])
+
+
+def _decoder_like_batch(seed=0):
+    """Post-ReLU decoder features (non-negative, as the Hamburger head gives them), a random text feature,
+    a lesion of 10x10 feature pixels among 900: ~800 negatives per positive pixel."""
+    g = torch.Generator().manual_seed(seed)
+    feats = torch.relu(torch.randn(2, 32, 30, 30, generator=g)).requires_grad_(True)
+    text = torch.randn(2, 32, generator=g)
+    target = torch.zeros(2, 1, 120, 120)
+    target[:, :, 40:80, 40:80] = 1
+    return feats, text, target
+
+
+def test_the_default_contrastive_term_has_a_real_gradient_and_moves_the_features():
+    feats, text, target = _decoder_like_batch()
+    loss_fn = LSMSLoss(alpha=1.0, max_pixels=None)
+    con = pixel_text_contrastive_loss(feats, text, target, loss_fn.temperature, None, loss_fn.normalize, loss_fn.use_log)
+    con.backward()
+    assert feats.grad.norm() > 1e-2  # eq. 14 taken literally (1 - p) sits at 0.9999 with gradients near 1e-7
+
+    def mean_prob(f):
+        return 1 - pixel_text_contrastive_loss(f, text, target, loss_fn.temperature, None, True, False).item()
+
+    def train_features(use_log):
+        moved = feats.detach().clone().requires_grad_(True)
+        optimizer = torch.optim.SGD([moved], lr=100.0)
+        for _ in range(10):
+            optimizer.zero_grad()
+            pixel_text_contrastive_loss(moved, text, target, loss_fn.temperature, None, loss_fn.normalize,
+                                        use_log).backward()
+            optimizer.step()
+        return mean_prob(moved.detach())
+
+    before = mean_prob(feats.detach())
+    assert before < 1e-3
+    assert train_features(loss_fn.use_log) > 0.5  # lesion pixels moved towards the text, away from the rest
+    assert train_features(False) < 10 * before  # the literal eq. 14 barely moves them in the same ten steps

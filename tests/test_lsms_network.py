@@ -82,7 +82,7 @@ def test_nmf_reconstructs_a_low_rank_non_negative_map():
     torch.manual_seed(0)
     bases, codes = torch.rand(1, 16, 3), torch.rand(1, 3, 64)
     x = torch.bmm(bases, codes).reshape(1, 16, 8, 8)
-    nmf = NMF2D(rank=3, steps_train=50, steps_eval=50).eval()
+    nmf = NMF2D(channels=16, rank=3, steps_train=50, steps_eval=50).eval()
     out = nmf(x)
     assert out.shape == x.shape and (out >= 0).all()
     assert (out - x).norm() / x.norm() < 0.1
@@ -90,10 +90,24 @@ def test_nmf_reconstructs_a_low_rank_non_negative_map():
 
 
 def test_nmf_carries_gradient_in_training():
-    nmf = NMF2D(rank=4).train()
+    nmf = NMF2D(channels=8, rank=4).train()
     x = torch.rand(2, 8, 5, 5, requires_grad=True)
     nmf(x).sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def test_eval_bases_do_not_depend_on_the_position_in_the_batch():
+    """The same image at batch index 0 and 1 gives the same output, equal to batch-1 inference."""
+    torch.manual_seed(0)
+    nmf = NMF2D(channels=8, rank=4).eval()
+    x = torch.rand(1, 8, 5, 5)
+    one = nmf(x)
+    two = nmf(torch.cat([x, x]))
+    assert torch.equal(two[0], two[1])
+    assert torch.allclose(two[:1], one, atol=1e-6)
+    head = LightHamHead(in_channels=12, ham_channels=8, channels=8, rank=4).eval()
+    y = torch.randn(1, 12, 6, 6)
+    assert torch.allclose(head(torch.cat([torch.randn(1, 12, 6, 6), y]))[1:], head(y), atol=1e-5)
 
 
 def test_ham_head_shapes():

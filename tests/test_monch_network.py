@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bundles.monch.scripts.decoder import DynamicHead, FPNFusion, ProgressivePromptDecoder, QueryStage
+from bundles.monch.scripts.decoder import DynamicHead, FPNFusion, ProgressivePromptDecoder, QueryStage, sincos_2d
+from bundles.monch.scripts.decode import DecodeClassesd, decode_classes
 from bundles.monch.scripts.losses import MONCHLoss
 from bundles.monch.scripts.mgfe import (
     MGFE,
@@ -18,7 +19,7 @@ from bundles.monch.scripts.mgfe import (
     high_pass_mask,
     pairwise_sq_distances,
 )
-from bundles.monch.scripts.network import CLASS_NAMES, MONCH, load_prompts
+from bundles.monch.scripts.network import CLASS_NAMES, MONCH, load_prompts, to_image_grid
 from common.networks.clip_encoders import OpenClipBackbone, build_open_clip, tiny_clip_config
 from common.core.errors import PretrainedWeightsError
 
@@ -117,6 +118,18 @@ def test_pairwise_distances_and_dilated_knn_on_a_tiny_graph():
     assert dilated_knn(nodes, k=9, dilation=2).shape == (1, 6, 6)
 
 
+def test_knn_distances_stay_float32_under_bf16_autocast():
+    """``.float()`` does not leave autocast: the distance matmul must run with autocast off."""
+    torch.manual_seed(0)
+    # nodes far from the origin, close to each other: bf16 (8 mantissa bits) cannot order their distances
+    x = 100.0 + 0.05 * torch.randn(1, 48, 16)
+    exact = dilated_knn(x, k=4, dilation=1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert pairwise_sq_distances(x).dtype == torch.float32
+        under_autocast = dilated_knn(x, k=4, dilation=1)
+    assert torch.equal(under_autocast, exact)
+
+
 def test_topology_module_max_relative_feature_by_hand():
     torch.manual_seed(0)
     topo = TopologyModule(4, k=2, dilation=1, aggregation="max_relative")
@@ -157,6 +170,16 @@ def test_mgfe_switches():
 
 
 # ---- decoder and head ---------------------------------------------------------------------------
+def test_position_codes_agree_across_scales():
+    """F^h (fine) queries F^v and F^t (coarser): the same place in the image must get the same code.
+    Pixel centres of a 9x9 grid at (3i+1, 3k+1) are the centres of the 3x3 grid's cells (i, k)."""
+    fine, coarse = sincos_2d(9, 9, 32).reshape(9, 9, 32), sincos_2d(3, 3, 32).reshape(3, 3, 32)
+    for i in range(3):
+        for k in range(3):
+            assert torch.allclose(fine[3 * i + 1, 3 * k + 1], coarse[i, k], atol=1e-6)
+    assert not torch.allclose(fine[0, 0], fine[0, 1])  # and neighbours still differ
+
+
 def test_query_stage_and_fpn_shapes_and_gradients():
     stage = QueryStage(16, num_heads=4)
     q = torch.randn(2, 64, 16, requires_grad=True)
@@ -204,6 +227,28 @@ def test_dynamic_head_grouped_conv_equals_per_image_conv(context):
 
 
 # ---- whole network and loss ---------------------------------------------------------------------
+def test_logits_land_on_the_pixels_their_patch_covers():
+    """A stride-14 ViT at 256x256 sees 19 patches (the image padded to 266 px); a token shifted by one
+    patch moves its logit by exactly 14 pixels, and token i is centred on pixel i*14 + 6.5."""
+    def centre_of_token(i):
+        tokens = torch.zeros(1, 1, 19, 19)
+        tokens[0, 0, 9, i] = 1.0
+        row = to_image_grid(tokens, (256, 256), 14)[0, 0, 9 * 14 + 7]
+        return float((row * torch.arange(256)).sum() / row.sum())
+
+    centres = [centre_of_token(i) for i in (5, 6, 7)]
+    assert centres[1] - centres[0] == pytest.approx(14.0, abs=1e-3)
+    assert centres[2] - centres[1] == pytest.approx(14.0, abs=1e-3)
+    assert centres[1] == pytest.approx(6 * 14 + 6.5, abs=1e-3)
+
+
+def test_image_encoder_pads_to_whole_patches():
+    enc = backbone().image_encoder  # patch 8
+    assert enc(torch.randn(1, 3, 60, 68)).shape[-2:] == (8, 9)  # ceil(60/8), ceil(68/8): every pixel is seen
+    net = make_net().eval()
+    assert net(torch.randn(1, 3, 60, 60)).shape == (1, 6, 60, 60)
+
+
 def test_shipped_prompts_three_sentences_per_class():
     prompts = load_prompts(None)
     assert len(prompts) == 6 and all(len(p) == 3 for p in prompts)
@@ -257,3 +302,19 @@ def test_loss_matches_hand_computed_bce():
     assert MONCHLoss(dice_weight=1.0)({"pred": logits}, label)["dice"].item() > 0
     with pytest.raises(ValueError, match="label values"):
         MONCHLoss()(logits, torch.full((1, 1, 1, 2), 3))
+
+
+def test_without_a_trained_background_map_background_is_where_no_cell_map_fires():
+    logits = torch.full((6, 2, 3), -4.0)
+    logits[0] = 9.0  # the untrained background map is high everywhere
+    logits[2, 0, 0] = 1.0  # inflammatory fires at (0, 0)
+    logits[3, 0, 0] = 0.5
+    logits[4, 1, 2] = -0.1  # dead, but below the 0.5 probability threshold
+    with_bg = decode_classes(logits, include_background=True)
+    assert torch.equal(with_bg, torch.zeros(2, 3, dtype=torch.long))  # argmax is swamped by the background map
+    without = decode_classes(logits, include_background=False)
+    expected = torch.zeros(2, 3, dtype=torch.long)
+    expected[0, 0] = 2
+    assert torch.equal(without, expected)
+    onehot = DecodeClassesd(keys="pred", include_background="false")({"pred": logits})["pred"]
+    assert onehot.shape == (6, 2, 3) and torch.equal(onehot.argmax(0), expected) and onehot.sum() == 6

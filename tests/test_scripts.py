@@ -46,7 +46,7 @@ def test_build_referring_ct_cli(tmp_path):
     pairs.write_text("ct,label,case\n" + "".join(f"vol/ct/case_{i:03d}.nii.gz,vol/labels/case_{i:03d}.nii.gz,p{i}\n"
                                                  for i in range(3)))
     proc = run("scripts/build_referring_ct.py", "--pairs", str(pairs), "--out_dir", str(tmp_path / "ds"),
-               "--output_format", "volume", "--val_fraction", "0.34", "--test_fraction", "0.34")
+               "--output_format", "volume", "--val_fraction", "0.34", "--test_fraction", "0.34", "--lesion_values", "all")
     assert "records:" in proc.stdout and "[3/3] p2" in proc.stdout
     records = [json.loads(l) for split in ("train", "val", "test") for l in (tmp_path / "ds" / f"{split}.jsonl").read_text().splitlines()]
     assert records and {r["case"] for r in records} <= {"p0", "p1", "p2"}

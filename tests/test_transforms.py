@@ -5,6 +5,7 @@ from monai.data import MetaTensor
 from PIL import Image
 
 from common.core.errors import DatasetError
+from common.data.datalist import mask_threshold
 from transforms import (
     BinarizeMaskd,
     CheckSameSized,
@@ -33,14 +34,30 @@ def test_load_keeps_row_major_orientation_and_names_bad_files(tmp_path):
 
 def test_binarize_thresholds_lossy_and_unit_masks():
     jpeg_like = torch.tensor([[[0, 30, 126, 128, 255]]], dtype=torch.float32).repeat(3, 1, 1)
-    out = BinarizeMaskd(keys="label")({"label": jpeg_like})["label"]
+    out = BinarizeMaskd(keys="label", threshold=127)({"label": jpeg_like})["label"]
     assert out.shape == (1, 1, 5)
     assert out.flatten().tolist() == [0, 0, 0, 1, 1]
     unit = torch.tensor([[[0.0, 0.4, 0.6, 1.0]]])
-    assert BinarizeMaskd(keys="label")({"label": unit})["label"].flatten().tolist() == [0, 0, 1, 1]
+    assert BinarizeMaskd(keys="label", threshold=0.5)({"label": unit})["label"].flatten().tolist() == [0, 0, 1, 1]
     # an RGB colour mask (BKAI) counts red or green as foreground
     rgb = torch.tensor([[[250, 0, 0]], [[0, 250, 0]], [[0, 0, 0]]], dtype=torch.float32)
-    assert BinarizeMaskd(keys="label")({"label": rgb})["label"].flatten().tolist() == [1, 1, 0]
+    assert BinarizeMaskd(keys="label", threshold=127)({"label": rgb})["label"].flatten().tolist() == [1, 1, 0]
+
+
+def test_label_masks_above_one_are_kept_or_refused_never_emptied(tmp_path):
+    """A 0/3 mask (labels above 1, below the 8-bit threshold) used to come out empty without a word."""
+    path = tmp_path / "mask_03.png"
+    Image.fromarray(np.array([[0, 3], [3, 0]], np.uint8)).save(path)
+    mask = LoadImageSafed(keys="label")({"label": str(path)})
+    datalist_rule = BinarizeMaskd(keys="label", threshold=mask_threshold("datalist"))(mask)["label"]
+    assert datalist_rule.flatten().tolist() == [0, 1, 1, 0]  # any non-zero value is the target
+    with pytest.raises(DatasetError, match=r"mask_03.png.*values up to 3.*none above the threshold 127"):
+        BinarizeMaskd(keys="label", threshold=mask_threshold("kvasir"))(mask)
+    empty = torch.zeros(1, 2, 2)
+    assert BinarizeMaskd(keys="label", threshold=127)({"label": empty})["label"].sum() == 0  # truly empty is fine
+    assert mask_threshold("qata") == 0 and mask_threshold("bkai") == 127
+    with pytest.raises(ValueError, match="dataset_format"):
+        mask_threshold("nifti")
 
 
 def test_color_mask_to_labels_bkai_code():

@@ -8,27 +8,36 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
+from common.core.errors import DatasetError
+
 
 class BinarizeMaskd(MapTransform):
-    """(C, H, W) mask of any channel count -> (1, H, W) float {0, 1}.
+    """(C, H, W) mask of any channel count -> (1, H, W) float {0, 1}: foreground where any channel exceeds
+    ``threshold``.
 
-    A pixel is foreground where any channel exceeds ``threshold``. The default
-    ``threshold=None`` uses 0.5 for masks already in [0, 1] and 127 for 8-bit
-    masks (Kvasir-SEG's JPEG masks need the threshold: their edges are lossy).
+    The threshold belongs to the dataset format (:func:`common.data.datalist.mask_threshold`): 127 for
+    Kvasir-SEG's lossy JPEG masks, 0 (any non-zero label) for lossless PNG masks. A mask that has
+    non-zero values but none above the threshold (labels 0/3 under 127) would silently become an empty
+    target: that raises, naming the file.
     """
 
-    def __init__(self, keys: KeysCollection, threshold: float | None = None, allow_missing_keys: bool = False):
+    def __init__(self, keys: KeysCollection, threshold: float, allow_missing_keys: bool = False):
         super().__init__(keys, allow_missing_keys)
-        self.threshold = threshold
+        self.threshold = float(threshold)
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
             mask = d[key]
-            threshold = self.threshold
-            if threshold is None:
-                threshold = 0.5 if float(mask.max()) <= 1.0 else 127.0
-            d[key] = (mask > threshold).any(dim=0, keepdim=True).to(torch.float32)
+            binary = (mask > self.threshold).any(dim=0, keepdim=True).to(torch.float32)
+            if not binary.any():
+                peak = float(torch.as_tensor(mask).max()) if torch.as_tensor(mask).numel() else 0.0
+                if peak > 0:
+                    source = getattr(mask, "meta", {}).get("filename_or_obj") or d.get(f"{key}_path") or key
+                    raise DatasetError(source, f"mask has values up to {peak:g} but none above the threshold "
+                                               f"{self.threshold:g}, so its target would be empty; check the "
+                                               "dataset_format (its mask threshold) or the mask's values")
+            d[key] = binary
         return d
 
 

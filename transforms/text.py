@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import random
-import re
 from typing import Hashable, Mapping, Sequence
 
 import numpy as np
@@ -12,9 +12,11 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable
 
-from common.core.describe import configurable
+from common.core.describe import configurable, typed
 from common.core.errors import DatasetError
 from common.core.pretrained import load_tokenizer
+
+logger = logging.getLogger(__name__)
 
 
 def _record_name(d: Mapping) -> str:
@@ -117,26 +119,53 @@ class TokenizeTextd(MapTransform):
         return d
 
 
-def keep_phrases(text, fraction: float):
-    """The first ``ceil(fraction * n)`` (at least one) of a text's ``n`` comma/semicolon-separated phrases.
+@typed
+def text_token_budget(records: Sequence[Mapping], tokenizer: str, max_length: int | str = "auto",
+                      trust_remote_code: bool = False, key: str = "text", config_key: str = "text_encoder") -> int:
+    """The number of tokens every text is padded or cut to, and a log line that says what gets cut.
 
-    LSMS's partial-text rows (1/4, 1/2) keep part of each expression's attribute
-    phrases; lists of prompts are cut one by one.
+    ``max_length="auto"`` takes the longest text of ``records`` (special tokens included; each prompt of
+    a list counts), capped by the tokenizer's own limit; a number is kept as it is (TMCA's 24 tokens).
+    Either way the log says how many texts are longer than the budget, so a cut text is never silent.
     """
+    tok = load_tokenizer(config_key, tokenizer, trust_remote_code)
+    texts = [t for r in records for t in (r.get(key) if isinstance(r.get(key), (list, tuple)) else [r.get(key)])
+             if isinstance(t, str) and t.strip()]
+    if not texts:
+        raise ValueError(f"no '{key}' in the records to size the token budget from")
+    lengths = [len(ids) for ids in tok(texts, truncation=False)["input_ids"]]
+    limit = getattr(tok, "model_max_length", None)
+    limit = int(limit) if isinstance(limit, int) and limit < 100_000 else None
+    if isinstance(max_length, str):
+        if max_length.strip().lower() != "auto":
+            raise ValueError(f"text_max_length must be a number of tokens or 'auto', got {max_length!r}")
+        budget = max(lengths) if limit is None else min(max(lengths), limit)
+        how = f"auto: the longest of {len(texts)} texts" + (f", capped at the encoder's {limit}" if limit else "")
+    else:
+        budget, how = int(max_length), "as configured"
+    cut = sum(n > budget for n in lengths)
+    message = (f"text_max_length = {budget} tokens ({how}); {cut} of {len(texts)} texts are longer and are cut"
+               + (f" (longest: {max(lengths)} tokens)" if cut else ""))
+    (logger.warning if cut else logger.info)(message)
+    return budget
+
+
+def keep_words(text, fraction: float):
+    """The first ``ceil(fraction * n)`` (at least one) of a text's ``n`` words (LSMS's partial-text rows,
+    "(1/2)" and "(1/4)" of the text); lists of prompts are cut one by one."""
     if isinstance(text, (list, tuple)):
-        return [keep_phrases(t, fraction) for t in text]
+        return [keep_words(t, fraction) for t in text]
     if not isinstance(text, str) or not text.strip():
         return text
-    phrases = [p.strip() for p in re.split(r"[,;]", text) if p.strip()]
-    keep = max(1, math.ceil(fraction * len(phrases) - 1e-9))
-    out = ", ".join(phrases[:keep])
-    return out if keep < len(phrases) else text
+    words = text.split()
+    keep = max(1, math.ceil(fraction * len(words) - 1e-9))
+    return text if keep >= len(words) else " ".join(words[:keep])
 
 
 class ShuffleTexts:
     """Datalist-level text ablation: ``own`` keeps each record's text, ``shuffled`` permutes them
     across the records (a derangement where possible, seeded), ``empty`` blanks them, ``half`` and
-    ``quarter`` keep the first half / quarter of each text's phrases (:func:`keep_phrases`).
+    ``quarter`` keep the first half / quarter of each text's words (:func:`keep_words`).
     """
 
     MODES = ("own", "shuffled", "empty", "half", "quarter")
@@ -154,7 +183,7 @@ class ShuffleTexts:
                 r[self.key] = ""
         elif self.mode in self.FRACTIONS:
             for r in records:
-                r[self.key] = keep_phrases(r[self.key], self.FRACTIONS[self.mode])
+                r[self.key] = keep_words(r[self.key], self.FRACTIONS[self.mode])
         elif self.mode == "shuffled" and len(records) > 1:
             order = list(range(len(records)))
             rng = random.Random(self.seed)

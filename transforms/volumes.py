@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
 
 from common.core.errors import DatasetError
 
@@ -31,14 +32,14 @@ def load_volume(path: str | Path, kind: str):
         raise DatasetError(path, f"cannot read {kind} volume ({type(err).__name__}: {err})") from err
     if volume.ndim != 4 or volume.shape[0] != 1:
         raise DatasetError(path, f"{kind} must be a single-channel 3-D volume, got array shape {tuple(volume.shape)}")
-    spacing = voxel_spacing(volume, path, kind)
     volume = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))(volume)  # MONAI loads in RAS space
-    volume.meta["checked_spacing"] = spacing
+    # the spacing of the reoriented axes: a volume stored (z, y, x) has its 2.5 mm first, not last
+    volume.meta["checked_spacing"] = voxel_spacing(volume, path, kind)
     return volume
 
 
 def voxel_spacing(volume, path: Path, kind: str) -> tuple[float, float, float]:
-    """Voxel sizes (mm) from the affine; a missing/zero/non-finite spacing raises."""
+    """Voxel sizes (mm) along the array axes of ``volume``, from its affine; a missing/zero/non-finite spacing raises."""
     affine = np.asarray(volume.affine, dtype=float)
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
     if _nifti_pixdim_missing(path) or not np.all(np.isfinite(spacing)) or np.any(spacing <= 1e-6):
@@ -76,3 +77,27 @@ def window(hu: np.ndarray, bounds: Sequence[float] = ABDOMINAL_WINDOW) -> np.nda
     low, high = float(bounds[0]), float(bounds[1])
     return (np.clip((hu - low) / (high - low), 0.0, 1.0) * 255.0).astype(np.float32)
 
+
+
+def from_display(image: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`to_display`: image rows/cols -> the RAS axial slice indexed (x, y)."""
+    return np.ascontiguousarray(np.asarray(image)[::-1, ::-1].T)
+
+
+def slice_into_volume(mask: np.ndarray, volume_path: str | Path, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """A display-oriented (H, W) slice mask put at axial ``index`` of the RAS-oriented volume, the rest empty,
+    and returned in the volume file's own array order with its affine: ``(array, affine)``."""
+    from monai.transforms import LoadImage, Orientation
+
+    volume = LoadImage(image_only=True, ensure_channel_first=True)(str(volume_path))
+    orientation = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))
+    ras = orientation(volume)
+    placed = ras.clone()
+    placed.zero_()
+    slice_xy = from_display(mask)
+    if slice_xy.shape != tuple(placed.shape[1:3]):
+        raise ValueError(f"mask {tuple(np.shape(mask))} does not fit an axial slice of {volume_path} "
+                         f"{tuple(placed.shape[1:3])} (display orientation: rows, cols)")
+    placed[0, :, :, int(index)] = torch.as_tensor(slice_xy, dtype=placed.dtype)
+    back = orientation.inverse(placed)
+    return np.asarray(back[0]).astype(np.uint8), np.asarray(volume.affine, dtype=float)

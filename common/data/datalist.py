@@ -30,6 +30,15 @@ from .lvit import lvit_datalist
 from .prompt_json import prompt_json_datalist
 
 FORMATS = ("qata", "mosmed", "kvasir", "bkai", "refct", "datalist")
+# above which value a mask pixel is the target: JPEG masks are lossy at the edges, PNG masks are labels
+MASK_THRESHOLDS = {"qata": 0, "mosmed": 0, "kvasir": 127, "bkai": 127, "datalist": 0}
+
+
+def mask_threshold(dataset_format: str) -> float:
+    """The foreground threshold of a format's masks (:class:`transforms.BinarizeMaskd`)."""
+    if dataset_format not in MASK_THRESHOLDS:
+        raise ValueError(f"dataset_format {dataset_format!r} has no binary masks; one of {sorted(MASK_THRESHOLDS)}")
+    return MASK_THRESHOLDS[dataset_format]
 
 def file_datalist(path: str | Path) -> list[dict]:
     """A JSON list, JSONL or CSV (``image,label,text``) of records; relative paths are relative to the file."""

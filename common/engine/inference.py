@@ -44,15 +44,24 @@ def _filename(value) -> str:
     return str(name[0] if isinstance(name, (list, tuple)) else name)
 
 
-def save_mask(path: Path, mask: np.ndarray, reference: str | None = None) -> Path:
-    """Write a (H, W) {0,1} mask as PNG (0/255) or NIfTI (affine of ``reference`` if it is NIfTI)."""
+def save_mask(path: Path, mask: np.ndarray, reference: str | None = None, slice_index: int | None = None) -> Path:
+    """Write a (H, W) {0,1} mask as PNG (0/255) or NIfTI.
+
+    NIfTI: for one axial slice of a volume (``slice_index`` given, ``mask`` in display orientation), a
+    volume of the source's shape and affine with the mask at that slice and the rest empty; for a 2-D
+    NIfTI input, the mask with the input's affine; otherwise an identity affine.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     mask = (np.asarray(mask) > 0.5).astype(np.uint8)
     if path.name.endswith((".nii", ".nii.gz")):
         import nibabel as nib
 
         affine = np.eye(4)
-        if reference and str(reference).endswith((".nii", ".nii.gz")):
+        if slice_index is not None:
+            from transforms.volumes import slice_into_volume
+
+            mask, affine = slice_into_volume(mask, reference, slice_index)
+        elif reference and str(reference).endswith((".nii", ".nii.gz")):
             affine = nib.load(reference).affine
         nib.save(nib.Nifti1Image(mask, affine), str(path))
     else:
@@ -67,9 +76,10 @@ class PredictionWriter:
 
     Expects decollated outputs whose ``pred`` is the binary mask in the
     original image's geometry (after ``Invertd``), and the prompt in the
-    batch's ``text``. PNG masks are in the image's row/column order; NIfTI
-    masks are in the order of the input array (and carry its affine when the
-    input is NIfTI).
+    batch's ``text``. PNG masks are in the image's row/column order (for a slice
+    of a volume: its display orientation); NIfTI masks of a slice of a volume are
+    that volume with the slice filled in (:func:`save_mask`), other NIfTI masks
+    are in the order of the input array (with its affine when it is NIfTI).
     """
 
     def __init__(self, output_dir: str, mask_ext: str = ".png", overlay: bool = True):
@@ -98,7 +108,8 @@ class PredictionWriter:
                 stem = f"{stem}_z{int(slices[i]):03d}"
             pred = item["pred"].detach().float().cpu().numpy()
             mask = pred[0] if pred.ndim == 3 else pred
-            mask_path = save_mask(self.output_dir / f"{stem}_mask{self.mask_ext}", mask, reference=source)
+            mask_path = save_mask(self.output_dir / f"{stem}_mask{self.mask_ext}", mask, reference=source,
+                                  slice_index=None if slices[i] is None else int(slices[i]))
             entry = {"image": source, "text": texts[i], "mask": str(mask_path), "foreground_pixels": int((mask > 0.5).sum())}
             if self.overlay:
                 original = loader({"image": source})["image"].float().numpy() if source else item["image"].numpy()

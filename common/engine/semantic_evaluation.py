@@ -82,7 +82,8 @@ class SemanticEvaluation:
                  class_names: Sequence[str], colors: Mapping[int, Sequence[int]], device="cpu",
                  checkpoint: str | None = None, group_key: str = "organ", batch_size: int = 8, num_workers: int = 0,
                  num_overlays: int = 8, amp: bool = False, progress: bool = True,
-                 image_denormalize: Callable | None = None, prepare_batch: Callable | None = None):
+                 image_denormalize: Callable | None = None, prepare_batch: Callable | None = None,
+                 postprocessing: Callable | None = None):
         if not datalist:
             raise ValueError("the evaluation datalist is empty")
         self.network, self.datalist, self.transform = network, list(datalist), transform
@@ -96,6 +97,7 @@ class SemanticEvaluation:
         self.amp, self.progress = amp, progress
         self.denormalize = image_denormalize
         self.prepare_batch = prepare_batch
+        self.postprocessing = postprocessing
 
     def run(self) -> dict:
         from monai.data import DataLoader, Dataset
@@ -113,7 +115,8 @@ class SemanticEvaluation:
             handlers.append(ProgressBar(output_transform=None, desc="evaluate"))
         evaluator = SupervisedEvaluator(
             device=self.device, val_data_loader=loader, network=self.network,
-            prepare_batch=self.prepare_batch or default_prepare_batch, val_handlers=handlers,
+            prepare_batch=self.prepare_batch or default_prepare_batch, postprocessing=self.postprocessing,
+            val_handlers=handlers,
             amp=self.amp and self.device.type == "cuda", amp_kwargs={"dtype": torch.bfloat16} if self.amp else None,
         )
         evaluator.run()

@@ -222,8 +222,8 @@ def summary_markdown(summary: Mapping[str, Mapping[str, float]]) -> str:
         "own": "its own",
         "shuffled": "another image's (shuffled)",
         "empty": "empty",
-        "half": "its own, first 1/2 of the phrases",
-        "quarter": "its own, first 1/4 of the phrases",
+        "half": "its own, first 1/2 of the words (rounded up)",
+        "quarter": "its own, first 1/4 of the words (rounded up)",
     }
     own_dice = summary.get("own", {}).get("dice")
     lines = [

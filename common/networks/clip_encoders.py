@@ -171,7 +171,13 @@ class OpenClipImageEncoder(nn.Module):
         return torch.cat([cls_pos, grid.permute(0, 2, 3, 1).reshape(gh * gw, -1)], dim=0)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, C, ceil(H/stride), ceil(W/stride)): the image is padded at the bottom and
+        right to a multiple of the stride (zeros: the mean colour after CLIP normalisation), so every
+        pixel is seen and token (i, j) covers pixels ``[i*stride, (i+1)*stride)`` exactly."""
         v = self.visual
+        pad_h, pad_w = (-image.shape[-2]) % self.stride, (-image.shape[-1]) % self.stride
+        if pad_h or pad_w:
+            image = F.pad(image, (0, pad_w, 0, pad_h))
         if self.kind == "resnet":
             x = v.stem(image.to(v.conv1.weight.dtype))
             return v.layer4(v.layer3(v.layer2(v.layer1(x))))

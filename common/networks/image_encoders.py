@@ -17,10 +17,11 @@ class TimmFeatureEncoder(nn.Module):
     """A timm backbone (ConvNeXt by default) returning its stage outputs.
 
     Args:
-        name: timm model name, e.g. ``convnext_tiny`` (the paper's) or
+        name: timm model name, optionally with a pretrained tag: ``convnext_tiny`` (the paper's),
+            ``convnext_tiny.fb_in1k`` (its ImageNet-1k weights, as the Ariadne code uses), or
             ``convnext_atto`` (a 3.4 M-parameter ConvNeXt used by the CPU demo).
-        weights: ``None`` for random initialisation, ``"timm"`` for timm's default
-            pretrained tag of ``name`` (fetched from the hub unless cached), or the
+        weights: ``None`` for random initialisation, ``"timm"`` for timm's pretrained weights
+            of ``name`` (its tag, or timm's default tag; fetched from the hub unless cached), or the
             path of a local checkpoint file (``.pth``/``.safetensors`` of the
             classification model, as timm saves it).
         out_indices: which stages to return.
@@ -41,8 +42,14 @@ class TimmFeatureEncoder(nn.Module):
         super().__init__()
         import timm
 
-        if name not in timm.list_models():
+        from timm.models import split_model_name_tag
+
+        base, tag = split_model_name_tag(name)
+        if base not in timm.list_models():
             raise ValueError(f"unknown timm model '{name}' (config key 'image_encoder')")
+        if tag and name not in timm.list_pretrained(f"{base}.*"):
+            raise ValueError(f"unknown timm model '{name}' (config key 'image_encoder'): the pretrained tags of "
+                             f"{base} are {[t.split('.', 1)[1] for t in timm.list_pretrained(f'{base}.*')]}")
         kwargs = dict(features_only=True, out_indices=tuple(out_indices), in_chans=in_chans)
         if weights is None:
             self.body = timm.create_model(name, pretrained=False, **kwargs)

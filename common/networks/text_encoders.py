@@ -107,7 +107,7 @@ class HFTextEncoder(nn.Module):
             index = torch.as_tensor(missing, device=text_ids.device)
             feats = self._encode(text_ids[index], text_mask[index])
             for j, i in enumerate(missing):
-                self._cache[keys[i]] = feats[j]
+                self._cache[keys[i]] = feats[j].clone()  # a view would keep the whole batch alive
         out = []
         for k in keys:
             self._cache.move_to_end(k)

@@ -42,31 +42,32 @@ def nmf_step_bases(x: torch.Tensor, bases: torch.Tensor, codes: torch.Tensor) ->
 class NMF2D(nn.Module):
     """Low-rank NMF reconstruction of a non-negative (B, C, H, W) map.
 
-    Bases start random each forward (uniform, unit columns). In eval mode they
-    come from a generator with a fixed seed, so a model gives the same mask for
-    the same input every time.
+    In training the bases start random each forward (uniform, unit columns), a fresh set per image.
+    In eval mode every image starts from one fixed set, drawn once from ``eval_seed`` and kept as a
+    buffer: a model gives the same mask for the same image wherever it sits in a batch, and a traced
+    or exported graph holds the bases as a constant instead of a random draw.
     """
 
-    def __init__(self, rank: int = 64, steps_train: int = 6, steps_eval: int = 7, inv_temperature: float = 1.0,
-                 eval_seed: int = 0):
+    def __init__(self, channels: int, rank: int = 64, steps_train: int = 6, steps_eval: int = 7,
+                 inv_temperature: float = 1.0, eval_seed: int = 0):
         super().__init__()
         self.rank, self.steps_train, self.steps_eval = rank, steps_train, steps_eval
         self.inv_temperature = inv_temperature
-        self.eval_seed = eval_seed
+        generator = torch.Generator().manual_seed(eval_seed)
+        self.register_buffer("eval_bases", F.normalize(torch.rand(1, channels, rank, generator=generator), dim=1),
+                             persistent=False)
 
-    def _random_bases(self, b: int, c: int, x: torch.Tensor) -> torch.Tensor:
-        generator = None
+    def _bases(self, b: int, c: int, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
-            generator = torch.Generator(device=x.device).manual_seed(self.eval_seed)
-        bases = torch.rand(b, c, self.rank, device=x.device, dtype=x.dtype, generator=generator)
-        return F.normalize(bases, dim=1)
+            return self.eval_bases.to(device=x.device, dtype=x.dtype).expand(b, -1, -1)
+        return F.normalize(torch.rand(b, c, self.rank, device=x.device, dtype=x.dtype), dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         dtype = x.dtype
         with torch.autocast(device_type=x.device.type, enabled=False):
             flat = x.float().reshape(b, c, h * w)
-            bases = self._random_bases(b, c, flat)
+            bases = self._bases(b, c, flat)
             codes = torch.softmax(self.inv_temperature * torch.bmm(flat.transpose(1, 2), bases), dim=-1)
             with torch.no_grad():
                 for _ in range(self.steps_train if self.training else self.steps_eval):
@@ -81,7 +82,7 @@ class Hamburger(nn.Module):
     def __init__(self, channels: int, rank: int, steps_train: int, steps_eval: int):
         super().__init__()
         self.lower_bread = nn.Conv2d(channels, channels, 1)
-        self.ham = NMF2D(rank, steps_train, steps_eval)
+        self.ham = NMF2D(channels, rank, steps_train, steps_eval)
         self.upper_bread = nn.Sequential(nn.Conv2d(channels, channels, 1, bias=False), _group_norm(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

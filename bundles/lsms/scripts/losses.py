@@ -10,9 +10,13 @@ for each positive pixel p_i,
 
     prob_i = exp(p_i.L/tau) / (exp(p_i.L/tau) + sum_j exp(p_i.n_j/tau))
 
-Eq. 14 takes ``-mean_i prob_i``; we use ``1 - mean_i prob_i`` (same gradient,
-zero at perfect alignment, never negative in the logs). ``use_log=True`` gives
-the InfoNCE form ``-mean_i log prob_i`` instead.
+Eq. 14 taken literally, ``-mean_i prob_i`` (here ``1 - mean_i prob_i``: same gradient,
+never negative in the logs, ``use_log=False``), gives almost no gradient: with hundreds
+of negatives per lesion pixel and non-negative (post-ReLU) decoder features, ``prob_i``
+starts near 1e-4 and so does its gradient (the term sat at 0.9999 with feature gradients
+near 1e-7 in training). The default is the InfoNCE form ``-mean_i log prob_i``
+(``use_log=True``), whose gradient is ``1 - prob`` times the similarity gradient: the same
+optimum, a gradient that actually moves the features.
 """
 
 from __future__ import annotations
@@ -62,7 +66,7 @@ def pixel_text_contrastive_loss(
     temperature: float = 0.1,
     max_pixels: int | None = 1024,
     normalize: bool = True,
-    use_log: bool = False,
+    use_log: bool = True,
 ) -> torch.Tensor:
     """Eq. 14 over a batch.
 
@@ -75,7 +79,7 @@ def pixel_text_contrastive_loss(
         max_pixels: at most this many positive and this many negative pixels per
             image (random subset); None uses all.
         normalize: compare L2-normalised features (cosine similarity).
-        use_log: InfoNCE form instead of eq. 14's probability.
+        use_log: InfoNCE form (default) instead of eq. 14's probability.
 
     Images without positive or without negative pixels do not contribute; a
     batch with none gives 0 (still attached to the graph).
@@ -131,7 +135,7 @@ class LSMSLoss(nn.Module):
         focal_alpha: float | None = None,
         max_pixels: int | None = 1024,
         normalize: bool = True,
-        use_log: bool = False,
+        use_log: bool = True,
     ):
         super().__init__()
         self.alpha = alpha

@@ -7,7 +7,7 @@ Configs import this package as ``scripts`` (submodules load on first attribute a
 
 import importlib
 
-__all__ = ["decoder", "inference", "losses", "mgfe", "network"]
+__all__ = ["decode", "decoder", "inference", "losses", "mgfe", "network"]
 
 
 def __getattr__(name):

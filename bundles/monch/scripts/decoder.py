@@ -32,12 +32,18 @@ def resize_to(x: torch.Tensor, size) -> torch.Tensor:
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
 
 
-def sincos_2d(height: int, width: int, dim: int, device=None, dtype=torch.float32) -> torch.Tensor:
-    """Fixed 2-D sine-cosine position code (H*W, dim); half the channels for rows, half for columns."""
+def sincos_2d(height: int, width: int, dim: int, device=None, dtype=torch.float32, reference: int = 64) -> torch.Tensor:
+    """Fixed 2-D sine-cosine position code (H*W, dim); half the channels for rows, half for columns.
+
+    Positions are pixel centres normalised to the image, ``(i + 0.5) / H``, times ``reference``: a
+    place in the image gets the same code on every grid, so a fine query and its coarse keys agree
+    about where things are (integer indices would not: cell 1 of a 3-grid is cell 4 of a 9-grid).
+    ``reference`` sets the frequency scale (as integer indices on a ``reference``-wide grid).
+    """
     quarter = max(1, dim // 4)
     omega = 1.0 / (10000 ** (torch.arange(quarter, device=device, dtype=torch.float32) / quarter))
-    ys = torch.arange(height, device=device, dtype=torch.float32)[:, None] * omega[None]
-    xs = torch.arange(width, device=device, dtype=torch.float32)[:, None] * omega[None]
+    ys = ((torch.arange(height, device=device, dtype=torch.float32) + 0.5) / height * reference)[:, None] * omega[None]
+    xs = ((torch.arange(width, device=device, dtype=torch.float32) + 0.5) / width * reference)[:, None] * omega[None]
     ys = torch.cat([ys.sin(), ys.cos()], dim=1)[:, None, :].expand(height, width, -1)
     xs = torch.cat([xs.sin(), xs.cos()], dim=1)[None, :, :].expand(height, width, -1)
     code = torch.cat([ys, xs], dim=-1).reshape(height * width, -1)

@@ -15,6 +15,8 @@ from common.networks.clip_encoders import CLIP_MEAN, CLIP_STD
 from common.core.errors import DatasetError
 from common.data.pannuke.reader import CLASS_COLORS, CLASS_NAMES
 
+from .decode import decode_classes
+
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -89,11 +91,14 @@ class LoadPatchd:
 
 class ClassMapWriter:
     """Handler: per image, ``<name>_classes.png`` (uint8 class indices 0..K-1 at the input's size) and
-    ``<name>_overlay.png`` (input | prediction in the paper's colours, with a legend)."""
+    ``<name>_overlay.png`` (input | prediction in the paper's colours, with a legend). Classes are
+    decoded as :func:`scripts.decode.decode_classes` says (``include_background``: whether the model's
+    background map was trained)."""
 
     def __init__(self, output_dir: str, class_names: Sequence[str] = CLASS_NAMES,
-                 colors: Mapping[int, Sequence[int]] = CLASS_COLORS):
+                 colors: Mapping[int, Sequence[int]] = CLASS_COLORS, include_background: bool = True):
         self.output_dir = Path(output_dir)
+        self.include_background = include_background
         self.class_names, self.colors = list(class_names), dict(colors)
         self.written: list[dict] = []
 
@@ -113,7 +118,7 @@ class ClassMapWriter:
             logits = torch.as_tensor(item["pred"]).detach().float()
             size = tuple(int(s) for s in record["orig_size"])
             logits = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)[0]
-            classes = logits.argmax(dim=0).cpu().numpy().astype(np.uint8)
+            classes = decode_classes(logits, self.include_background).cpu().numpy().astype(np.uint8)
             name = str(record["name"])
             class_path = self.output_dir / f"{name}_classes.png"
             Image.fromarray(classes).save(class_path)

@@ -91,9 +91,14 @@ class HighFrequencyModule(nn.Module):
 
 
 def pairwise_sq_distances(x: torch.Tensor) -> torch.Tensor:
-    """Eq. 5 on (B, N, C) node features: ``D - 2 X X^T + D^T`` with ``D = ||x||^2`` -> (B, N, N)."""
-    sq = (x * x).sum(dim=-1, keepdim=True)
-    return sq - 2 * x @ x.transpose(1, 2) + sq.transpose(1, 2)
+    """Eq. 5 on (B, N, C) node features: ``D - 2 X X^T + D^T`` with ``D = ||x||^2`` -> (B, N, N), float32.
+
+    Autocast is switched off here: in bf16 the difference of large squares loses the neighbour order.
+    """
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        x = x.float()
+        sq = (x * x).sum(dim=-1, keepdim=True)
+        return sq - 2 * x @ x.transpose(1, 2) + sq.transpose(1, 2)
 
 
 def dilated_knn(x: torch.Tensor, k: int, dilation: int = 1) -> torch.Tensor:
@@ -105,7 +110,7 @@ def dilated_knn(x: torch.Tensor, k: int, dilation: int = 1) -> torch.Tensor:
     n = x.shape[1]
     k = min(int(k), n)
     dilation = max(1, min(int(dilation), n // k))
-    dist = pairwise_sq_distances(x.float())
+    dist = pairwise_sq_distances(x)
     idx = dist.topk(k * dilation, dim=-1, largest=False, sorted=True).indices
     return idx[..., ::dilation]
 

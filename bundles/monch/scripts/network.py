@@ -129,8 +129,9 @@ class MONCH(nn.Module):
         self.mgfe = MGFE(c, use_mgfe, use_highpass, use_conv, use_topology, highpass_cutoff, knn_k, knn_dilation,
                          topology_aggregation)
         self.fusion = FPNFusion(c)
-        self.text_proj = nn.Sequential(nn.Linear(text_dim, c), nn.LayerNorm(c))
         self.use_ppd = use_ppd
+        # F^T: the class-prompt text features, queried only by the decoder's q_t stage
+        self.text_proj = nn.Sequential(nn.Linear(text_dim, c), nn.LayerNorm(c)) if use_ppd and query_stages[2] else None
         if self.use_ppd:
             self.decoder = ProgressivePromptDecoder(c, attention_heads, query_stages, attention_ffn_ratio,
                                                     attention_pos_encoding)
@@ -150,8 +151,10 @@ class MONCH(nn.Module):
         fh, fv, ft = self.mgfe(ff, fm, fc)
         blended = self.fusion(fc, fm, ff)
         if self.use_ppd:
-            text = self.text_proj(self.class_text.flatten(0, 1).to(fm.dtype))  # (K*S, C): F^T
-            text = text.unsqueeze(0).expand(fm.shape[0], -1, -1)
+            text = None
+            if self.text_proj is not None:
+                text = self.text_proj(self.class_text.flatten(0, 1).to(fm.dtype))  # (K*S, C): F^T
+                text = text.unsqueeze(0).expand(fm.shape[0], -1, -1)
             merged = self.decoder(fh, fv, ft, text, blended)
         else:
             merged = self.merge(torch.cat([self.enhanced_fusion(ft, fv, fh), blended], dim=1))
@@ -160,4 +163,17 @@ class MONCH(nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         merged = self.features(image)["merged"]
         logits = self.head(merged, self.class_text.mean(dim=1))
-        return F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=False)
+        return to_image_grid(logits, image.shape[-2:], self.image_encoder.stride)
+
+
+def to_image_grid(logits: torch.Tensor, size, stride: int) -> torch.Tensor:
+    """Logits over the token grid -> the input's pixels.
+
+    The image encoder saw the image padded to a multiple of ``stride`` (token i covers pixels
+    ``[i*stride, (i+1)*stride)``), so the logits are resized to that padded size and cropped, rather
+    than stretched over the unpadded image (which would shift them by up to a patch at the far edge).
+    """
+    h, w = int(size[0]), int(size[1])
+    padded = (-(-h // stride) * stride, -(-w // stride) * stride)
+    logits = F.interpolate(logits, size=padded, mode="bilinear", align_corners=False)
+    return logits[..., :h, :w]

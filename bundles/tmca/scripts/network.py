@@ -150,7 +150,7 @@ class TMCA(nn.Module):
         out_channels: int = 1,
         alignment_levels: Sequence[str] = ALIGNMENT_LEVELS,
         use_ltem: bool = True,
-        ltem_temperature: float = 1.0,
+        ltem_temperature: float = 0.1,
         ltem_mean_one: bool = True,
         num_heads_self: int = 1,
         num_heads_cross: int = 4,

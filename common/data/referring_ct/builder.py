@@ -26,10 +26,31 @@ from .geometry import slice_lesions
 
 logger = logging.getLogger(__name__)
 
-def check_pair(ct, labels, ct_path: Path, label_path: Path) -> None:
-    if tuple(ct.shape) != tuple(labels.shape):
+AFFINE_TOLERANCE_MM = 1e-3
+
+
+def match_label_grid(ct, labels, ct_path: Path, label_path: Path, resample: bool = False):
+    """The label volume on the CT's voxel grid: the same one (shape and affine within 1 µm), or resampled
+    onto it with nearest neighbour when ``resample`` is asked for; anything else raises naming both files."""
+    same_shape = tuple(ct.shape) == tuple(labels.shape)
+    same_affine = np.allclose(np.asarray(ct.affine), np.asarray(labels.affine), rtol=0, atol=AFFINE_TOLERANCE_MM)
+    if same_shape and same_affine:
+        return labels
+    if resample:
+        from monai.transforms import ResampleToMatch
+
+        logger.warning("%s: resampling the label volume onto the CT grid of %s (nearest neighbour)", label_path, ct_path)
+        return ResampleToMatch(mode="nearest", padding_mode="zeros")(labels, ct)
+    if not same_shape:
         raise DatasetError(label_path, f"label volume shape {tuple(labels.shape[1:])} differs from the CT's "
-                                       f"{tuple(ct.shape[1:])} ({ct_path})")
+                                       f"{tuple(ct.shape[1:])} ({ct_path}); resample_labels=True puts it on the CT grid")
+    raise DatasetError(label_path, "label volume affine differs from the CT's, so its masks would not lie on the CT's "
+                                   f"voxels ({ct_path}):\nlabel\n{np.asarray(labels.affine).round(4)}\nCT\n"
+                                   f"{np.asarray(ct.affine).round(4)}\nFix the header, or pass resample_labels=True "
+                                   "to resample the labels onto the CT grid (nearest neighbour)")
+
+
+def check_finite(ct, labels, ct_path: Path, label_path: Path) -> None:
     bad = int((~np.isfinite(np.asarray(ct))).sum())
     if bad:
         raise DatasetError(ct_path, f"{bad} non-finite voxels (NaN/inf) in the CT")
@@ -38,9 +59,21 @@ def check_pair(ct, labels, ct_path: Path, label_path: Path) -> None:
         raise DatasetError(label_path, f"{bad} non-finite voxels (NaN/inf) in the label volume")
 
 
-def _instance_labels(labels: np.ndarray, lesion_values: Sequence[int] | None, connected_components: bool) -> np.ndarray:
+def lesion_value_list(lesion_values: Sequence[int] | str | None, labels: np.ndarray, label_path: Path) -> list[int]:
+    """Which label values are lesions: ``"all"`` (every non-zero value is one lesion: a lesion-instance map)
+    or a list of values. There is no default: in LiTS and KiTS labels the organ is 1 and would count as a lesion."""
+    found = [int(v) for v in np.unique(labels) if v > 0]
+    if isinstance(lesion_values, str) and lesion_values.strip().lower() == "all":
+        return found
+    if lesion_values is None or isinstance(lesion_values, str):
+        raise DatasetError(label_path, f"say which label values are lesions (lesion_values / --lesion_values): 'all' "
+                                       "when every non-zero value is one lesion (a lesion-instance map), or a list "
+                                       f"such as [2] for LiTS/KiTS (1 is the organ); values in {label_path}: {found}")
+    return [int(v) for v in lesion_values]
+
+
+def _instance_labels(labels: np.ndarray, values: Sequence[int], connected_components: bool) -> np.ndarray:
     """Lesion-instance ids from a label volume (values, or 3-D connected components of the lesion values)."""
-    values = [int(v) for v in np.unique(labels) if v > 0] if lesion_values is None else [int(v) for v in lesion_values]
     lesion = np.isin(labels, values)
     if connected_components:
         from scipy import ndimage
@@ -58,26 +91,34 @@ def _save_png(path: Path, array: np.ndarray, dtype) -> None:
 
 
 def build_case(ct_path: str | Path, label_path: str | Path, out_dir: str | Path, case: str,
-               output_format: str = "png", lesion_values: Sequence[int] | None = None,
+               output_format: str = "png", lesion_values: Sequence[int] | str | None = None,
                connected_components: bool = False, window_hu: Sequence[float] = ABDOMINAL_WINDOW,
-               min_lesion_pixels: int = 4, body_threshold_hu: float = -500.0) -> list[dict]:
-    """Records (paths relative to ``out_dir``) for one CT + lesion-label pair; slice files are written for ``png``."""
+               min_lesion_pixels: int = 4, body_threshold_hu: float = -500.0,
+               resample_labels: bool = False) -> list[dict]:
+    """Records (paths relative to ``out_dir``) for one CT + lesion-label pair; slice files are written for ``png``.
+
+    ``lesion_values``: ``"all"`` or a list (:func:`lesion_value_list`). ``resample_labels``: put a label
+    volume whose grid differs from the CT's onto the CT grid (nearest neighbour) instead of refusing it.
+    """
     import nibabel as nib
 
     ct_path, label_path, out_dir = Path(ct_path), Path(label_path), Path(out_dir)
     ct = load_volume(ct_path, "CT")
-    labels = load_volume(label_path, "label")
-    check_pair(ct, labels, ct_path, label_path)
+    stored_labels = load_volume(label_path, "label")
+    labels = match_label_grid(ct, stored_labels, ct_path, label_path, resample_labels)
+    check_finite(ct, labels, ct_path, label_path)
     spacing = ct.meta["checked_spacing"]
     hu = np.asarray(ct[0], dtype=np.float32)
     raw_labels = np.asarray(labels[0])
     if np.any(raw_labels < 0) or np.any(raw_labels != np.round(raw_labels)):
         raise DatasetError(label_path, "label volume must hold non-negative integer labels")
-    instances = _instance_labels(raw_labels.astype(np.int64), lesion_values, connected_components)
+    values = lesion_value_list(lesion_values, raw_labels, label_path)
+    instances = _instance_labels(raw_labels.astype(np.int64), values, connected_components)
 
     mask_ref = str(label_path)
     if output_format == "volume":
-        if connected_components or lesion_values is not None:  # the ids exist only in our instance map
+        # the ids exist only in our instance map when it is not the stored label volume itself
+        if connected_components or not isinstance(lesion_values, str) or labels is not stored_labels:
             inst_path = out_dir / "labels" / f"{case}_lesions.nii.gz"
             inst_path.parent.mkdir(parents=True, exist_ok=True)
             nib.save(nib.Nifti1Image(instances.astype(np.int16), np.asarray(ct.affine)), str(inst_path))
@@ -133,19 +174,21 @@ def split_cases(cases: Sequence[str], val_fraction: float, test_fraction: float,
 @typed
 def build_referring_dataset(pairs: Sequence[tuple[str, str, str]], out_dir: str | Path, output_format: str = "png",
                             val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0,
-                            lesion_values: Sequence[int] | None = None, connected_components: bool = False,
+                            lesion_values: Sequence[int] | str | None = None, connected_components: bool = False,
                             window_hu: Sequence[float] = ABDOMINAL_WINDOW, min_lesion_pixels: int = 4,
-                            progress: bool = True) -> dict[str, int]:
-    """Write ``train/val/test.jsonl`` (and slice PNGs) under ``out_dir`` from ``(case, ct, label)`` triples."""
+                            resample_labels: bool = False, progress: bool = True) -> dict[str, int]:
+    """Write ``train/val/test.jsonl`` (and slice PNGs) under ``out_dir`` from ``(case, ct, label)`` triples
+    (case names must be unique: they name the slice files and decide the split)."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     if not pairs:
         raise ValueError("no CT/label pairs to build from")
+    check_unique_cases(pairs)
+    out_dir.mkdir(parents=True, exist_ok=True)
     splits = split_cases([c for c, _, _ in pairs], val_fraction, test_fraction, seed)
     by_split: dict[str, list[dict]] = {"train": [], "val": [], "test": []}
     for i, (case, ct_path, label_path) in enumerate(pairs, start=1):
         records = build_case(ct_path, label_path, out_dir, case, output_format, lesion_values,
-                             connected_components, window_hu, min_lesion_pixels)
+                             connected_components, window_hu, min_lesion_pixels, resample_labels=resample_labels)
         if not records:
             logger.warning("%s: no lesion in %s", case, label_path)
         by_split[splits[case]].extend(records)
@@ -164,8 +207,13 @@ def build_referring_dataset(pairs: Sequence[tuple[str, str, str]], out_dir: str 
     return counts
 
 
-def find_pairs(ct: str | Path, labels: str | Path | None = None, pairs_csv: str | Path | None = None) -> list[tuple[str, str, str]]:
-    """``(case, ct, label)`` triples from a CSV (``ct,label[,case]``), two files, or two folders with equal file names."""
+def find_pairs(ct: str | Path | None, labels: str | Path | None = None,
+               pairs_csv: str | Path | None = None) -> list[tuple[str, str, str]]:
+    """``(case, ct, label)`` triples from a CSV (``ct,label[,case]``), two files, or two folders with equal file names.
+
+    A case is named by the CSV's ``case`` column, else by the CT's file name, else, where file names
+    repeat (KiTS: ``case_00000/imaging.nii.gz``), by its folder. Names that still collide raise.
+    """
     import csv
 
     if pairs_csv:
@@ -176,10 +224,12 @@ def find_pairs(ct: str | Path, labels: str | Path | None = None, pairs_csv: str 
             rows = list(csv.DictReader(f))
         if not rows or "ct" not in rows[0] or "label" not in rows[0]:
             raise DatasetError(pairs_csv, "pairs CSV needs columns ct,label (and optionally case)")
-        out = []
-        for row in rows:
-            ct_p, lab_p = (Path(row[k]) if Path(row[k]).is_absolute() else pairs_csv.parent / row[k] for k in ("ct", "label"))
-            out.append((row.get("case") or _case_name(ct_p), str(ct_p), str(lab_p)))
+        paths = [tuple(Path(row[k]) if Path(row[k]).is_absolute() else pairs_csv.parent / row[k] for k in ("ct", "label"))
+                 for row in rows]
+        names = _case_names([ct_p for ct_p, _ in paths])
+        out = [((row.get("case") or "").strip() or name, str(ct_p), str(lab_p))
+               for row, name, (ct_p, lab_p) in zip(rows, names, paths)]
+        check_unique_cases(out, pairs_csv)
         return out
     ct, labels = Path(ct), Path(labels) if labels else None
     if labels is None:
@@ -196,7 +246,26 @@ def find_pairs(ct: str | Path, labels: str | Path | None = None, pairs_csv: str 
         out.append((_case_name(path), str(path), str(label)))
     if not out:
         raise DatasetError(ct, "no CT volumes in the folder")
+    check_unique_cases(out)
     return out
+
+
+def check_unique_cases(pairs: Sequence[tuple[str, str, str]], source: str | Path | None = None) -> None:
+    """Two pairs with one case name would overwrite each other's slices and share a split: refuse them."""
+    seen: dict[str, str] = {}
+    for case, ct_path, _ in pairs:
+        if case in seen:
+            raise DatasetError(source, f"case '{case}' is named twice: {seen[case]} and {ct_path}; give the pairs "
+                                       "distinct names (a 'case' column in the pairs CSV)")
+        seen[case] = str(ct_path)
+
+
+def _case_names(paths: Sequence[Path]) -> list[str]:
+    """File-name case names, or folder names where file names repeat."""
+    names = [_case_name(p) for p in paths]
+    if len(set(names)) < len(names):
+        names = [p.parent.name or _case_name(p) for p in paths]
+    return names
 
 
 def _case_name(path: Path) -> str:
@@ -205,4 +274,3 @@ def _case_name(path: Path) -> str:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return path.stem
-

@@ -65,6 +65,7 @@ def ensure_sample_referring_ct(out_dir: str | Path, n_cases: int = 12, size: int
         print(f"writing {n_cases} synthetic CT volumes ({size}x{size}x{depth}) and building the referring dataset "
               f"in {root}", flush=True)
         volumes = write_sample_ct(root / "volumes", n_cases, size, depth, seed)
-        build_referring_dataset(find_pairs(volumes / "ct", volumes / "labels"), root, progress=False)
+        build_referring_dataset(find_pairs(volumes / "ct", volumes / "labels"), root, lesion_values="all",
+                                progress=False)
     return str(root)
 

@@ -1,0 +1,56 @@
+"""Each bundle's configs read as one declaration: defaults said once, shared sections that agree."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import pytest
+import yaml
+from pydoc import locate
+
+from common.core.describe import bundle_scripts
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLES = sorted(p.parent.parent.name for p in ROOT.glob("bundles/*/configs/train.yaml"))
+
+
+def _components(node, path=""):
+    """Every ``{_target_: ...}`` dict under ``node`` with its path."""
+    if isinstance(node, dict):
+        if "_target_" in node:
+            yield path, node
+        for key, value in node.items():
+            yield from _components(value, f"{path}#{key}" if path else str(key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _components(value, f"{path}#{i}")
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_a_class_default_and_its_config_value_are_the_same(bundle):
+    """Where train.yaml passes ``@key`` to an argument of the bundle's own network or loss that has a
+    default, the top-level value equals the default: the class used outside the config builds the
+    method the card describes. (Shared encoders keep generic defaults, e.g. random weights.)"""
+    folder = ROOT / "bundles" / bundle
+    config = yaml.safe_load((folder / "configs" / "train.yaml").read_text())
+    checked = 0
+    with bundle_scripts(folder):
+        for path, component in _components({k: config[k] for k in ("network_def", "loss") if k in config}):
+            target = component["_target_"]
+            if not target.startswith("scripts."):
+                continue
+            klass = locate(target)
+            params = inspect.signature(klass.__init__).parameters
+            for arg, value in component.items():
+                if not (isinstance(value, str) and value.startswith("@")) or arg not in params:
+                    continue
+                key = value[1:]
+                top = config.get(key)
+                default = params[arg].default
+                if default is inspect.Parameter.empty or isinstance(top, str) and top.startswith("$"):
+                    continue
+                default = list(default) if isinstance(default, tuple) else default
+                assert top == default, f"{bundle}: {key}: {top!r} in train.yaml, {target}({arg}={default!r})"
+                checked += 1
+    assert checked > 3
