@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup demo test clean-runs
+.PHONY: setup demo test test-fast clean-runs
 
 setup: $(STAMP)
 
@@ -22,6 +22,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# the edit-test loop: everything but the subprocess runs of whole bundles (pytest marker `bundle`)
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not bundle" tests
 
 clean-runs:
 	rm -rf runs sample_data

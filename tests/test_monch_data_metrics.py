@@ -15,7 +15,7 @@ from PIL import Image
 from common.core.errors import DatasetError
 from common.data.pannuke.reader import CLASS_COLORS, CLASS_NAMES, find_fold, pannuke_datalist
 from common.data.pannuke.synthetic import ensure_sample_pannuke, write_sample_pannuke
-from common.engine.semantic_evaluation import SemanticEvaluation
+from common.engine.semantic_evaluation import SemanticRecorder
 from common.evaluation.reports import write_reports
 from common.evaluation.semantic import (
     ConfusionAccumulator,
@@ -213,7 +213,13 @@ class ReadsLabelFromImage(torch.nn.Module):
         return torch.nn.functional.one_hot(image[:, 0].round().long(), 6).permute(0, 3, 1, 2).float() * 10
 
 
-def test_semantic_evaluation_runner_writes_everything(tmp_path):
+def test_semantic_recorder_on_an_evaluator_writes_everything(tmp_path):
+    """The path of MONCH's evaluate.yaml: an evaluator whose post-processing one-hot encodes pred and label,
+    the recorder on it, then the reports."""
+    from monai.data import DataLoader
+    from monai.engines import SupervisedEvaluator
+    from monai.transforms import AsDiscreted
+
     records = []
     rng = np.random.default_rng(0)
     for i, organ in enumerate(["Breast", "Breast", "Colon"]):
@@ -221,9 +227,14 @@ def test_semantic_evaluation_runner_writes_everything(tmp_path):
         image = np.repeat(label, 3, axis=0).astype(np.float32)
         records.append({"image": torch.from_numpy(image), "label": torch.from_numpy(label), "organ": organ,
                         "name": f"p{i}"})
-    report = SemanticEvaluation(ReadsLabelFromImage(), records, lambda d: d, str(tmp_path), CLASS_NAMES,
-                                CLASS_COLORS, batch_size=2, num_overlays=2, progress=False).run()
-    assert report["images"] == 3
+    recorder = SemanticRecorder(6, CLASS_NAMES, CLASS_COLORS, "organ", tmp_path / "overlays", num_overlays=2)
+    evaluator = SupervisedEvaluator(
+        device="cpu", val_data_loader=DataLoader(records, batch_size=2), network=ReadsLabelFromImage(),
+        postprocessing=AsDiscreted(keys=["pred", "label"], argmax=[True, False], to_onehot=[6, 6]),
+        val_handlers=[recorder])
+    evaluator.run()
+    report = write_reports(recorder.acc, CLASS_NAMES, tmp_path, "organ")
+    assert recorder.seen == 3
     assert report["overall"]["pa"] == 1.0 and report["overall"]["f1"] == 1.0 and report["overall"]["fwiou"] == 1.0
     for name in ("per_class.csv", "per_class.md", "per_organ.csv", "per_organ.md", "organ_f1.png", "summary.json"):
         assert (tmp_path / name).is_file(), name

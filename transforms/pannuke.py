@@ -10,12 +10,18 @@ import numpy as np
 
 from common.core.errors import DatasetError
 
+
 def load_npy(path: Path, mmap: bool = True) -> np.ndarray:
+    """A ``.npy`` array, memory-mapped when ``mmap``. Pickled (object) arrays are refused, never loaded:
+    unpickling a file runs whatever code it names."""
     try:
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except ValueError as err:
-        if "pickle" in str(err).lower():  # an object array of strings (types.npy written by older numpy)
-            return np.load(path, allow_pickle=True)
+        if "pickle" in str(err).lower():
+            raise DatasetError(path, "holds Python objects (a pickled object array), which this reader never loads: "
+                                     "unpickling a file can run code. If you trust the file, convert it once to a "
+                                     "string array: python -c \"import numpy as np; p='" + str(path) + "'; "
+                                     "np.save(p, np.load(p, allow_pickle=True).astype(str))\"") from err
         raise DatasetError(path, f"cannot read ({err})") from err
     except Exception as err:
         raise DatasetError(path, f"cannot read ({type(err).__name__}: {err})") from err

@@ -1,12 +1,23 @@
-"""Coercion of config values given on the command line.
+"""Values given on the command line: their coercion, and the check of the command line itself.
 
 ``python -m monai.bundle run ... --use_ltem false --limit null`` passes the
 strings ``"false"`` and ``"null"`` (fire only converts Python literals such as
-``False``/``None``). Constructors that take flags or optional values run them
-through these helpers so that both spellings mean the same.
+``False``/``None``). :mod:`common.core.describe` applies these helpers where config
+values enter typed constructors; a few config expressions use them directly.
+:func:`check_command_line` refuses overrides that would be ignored (a typo) or that
+cannot apply (an architecture setting at evaluation).
 """
 
 from __future__ import annotations
+
+import ast
+import difflib
+import re
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .errors import ConfigurationError
 
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0", "none", "null", ""}
@@ -29,3 +40,143 @@ def as_optional(value):
     if value is None or (isinstance(value, str) and value.strip().lower() in ("null", "none", "")):
         return None
     return value
+
+
+# ---------------------------------------------------------------------------------------------
+# the command line of `python -m monai.bundle run`
+# ---------------------------------------------------------------------------------------------
+# arguments of monai.bundle's `run` itself, not config ids
+RUN_ARGUMENTS = {"run_id", "init_id", "final_id", "meta_file", "config_file", "logging_file", "tracking", "args_file",
+                 "workflow_type", "workflow_name", "properties_path"}
+
+
+def _is_bundle_run(argv: Sequence[str]) -> bool:
+    return bool(argv) and Path(argv[0]).parts[-3:] == ("monai", "bundle", "__main__.py") and "run" in argv[1:2]
+
+
+def _command_line(argv: Sequence[str]) -> tuple[str | None, dict[str, str]]:
+    """``(run id, {flag: value})`` from ``python -m monai.bundle run <id> --flag value --other=value ...``."""
+    run_id, flags, i = None, {}, 2
+    if len(argv) > 2 and not argv[2].startswith("--"):
+        run_id, i = argv[2], 3
+    while i < len(argv):
+        token = argv[i]
+        if token.startswith("--"):
+            name, _, value = token[2:].partition("=")
+            if not value and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                value, i = argv[i + 1], i + 1
+            flags[name] = value
+        i += 1
+    return flags.pop("run_id", run_id), flags
+
+
+def _config_files(value: str) -> list[Path]:
+    value = value.strip()
+    files = ast.literal_eval(value) if value.startswith(("[", "(")) else [value]
+    return [Path(f) for f in files]
+
+
+def _load(path: Path) -> dict:
+    import json
+
+    import yaml
+
+    text = path.read_text(encoding="utf-8")
+    loaded = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def _references(node) -> set[str]:
+    """Top-level ids referenced (``@id``, ``@id#sub``) anywhere in a raw config node."""
+    if isinstance(node, dict):
+        return set().union(*(_references(v) for v in node.values())) if node else set()
+    if isinstance(node, list):
+        return set().union(*(_references(v) for v in node)) if node else set()
+    if isinstance(node, str):
+        return {m.split("#")[0] for m in re.findall(r"@([\w#]+)", node)}
+    return set()
+
+
+def check_command_line(frozen_sections: Sequence[str] = (), argv: Sequence[str] | None = None) -> None:
+    """Refuse command-line overrides that would silently do nothing or the wrong thing, before a run starts.
+
+    * A ``--key`` that names no id of the configs (``--epoch 1`` for ``--epochs``) raises, with the closest
+      ids as suggestions: MONAI would add it as a new, unused id and run the defaults.
+    * With ``frozen_sections`` (evaluation and inference, which build the network from the checkpoint), a
+      ``--key`` that one of those sections of the training config references (an architecture setting
+      such as ``--use_ltem``) raises: the checkpoint decides it.
+
+    Only acts under ``python -m monai.bundle run`` (reads ``sys.argv``); elsewhere it does nothing.
+    """
+    argv = list(sys.argv if argv is None else argv)
+    if not _is_bundle_run(argv):
+        return
+    install_error_summary()
+    run_id, flags = _command_line(argv)
+    if "config_file" not in flags:
+        return
+    files = _config_files(flags["config_file"])
+    configs = [_load(f) for f in files if f.is_file()]
+    ids = {k for c in configs for k in c} | {"_meta_"}
+    overrides = {k: v for k, v in flags.items() if k not in RUN_ARGUMENTS}
+    if flags.get("args_file"):
+        overrides.update({k: "" for k in _load(Path(flags["args_file"])) if k not in RUN_ARGUMENTS})
+    where = ", ".join(str(f) for f in files)
+    training_ids = set()
+    for f in files:  # the bundle's training settings, for a better message at inference
+        train = f.parent / "train.yaml"
+        if train.is_file():
+            training_ids |= set(_load(train))
+    for key in overrides:
+        top = key.split("#")[0]
+        if top in ids:
+            continue
+        close = difflib.get_close_matches(top, sorted(i for i in ids if not i.startswith("_")), n=3, cutoff=0.6)
+        hint = f" Did you mean {' or '.join('--' + c for c in close)}?" if close else ""
+        if top in training_ids and top not in ids:
+            hint += (f" --{top} is a training setting; {run_id or 'this run'} builds the network from the checkpoint, "
+                     "which carries the settings it was trained with.")
+        raise ConfigurationError(f"--{key} is not a setting of {where}, so it would be ignored.{hint} Nothing was run.")
+    if frozen_sections:
+        frozen = set()
+        for config in configs:
+            for section in frozen_sections:
+                if isinstance(config.get(section), dict):
+                    frozen |= _references(config[section])
+        for key in overrides:
+            if key.split("#")[0] in frozen or key.split("#")[0] in frozen_sections:
+                raise ConfigurationError(
+                    f"--{key}: {run_id or 'this run'} builds the network from the checkpoint's own description, so "
+                    f"{key.split('#')[0]} is what the model was trained with and cannot change here. Train a model "
+                    f"with that setting to evaluate it. Nothing was run.")
+
+
+def root_cause(error: BaseException) -> BaseException:
+    """The innermost exception of a chain (``raise ... from ...`` or raised while handling another)."""
+    seen = [error]
+    while True:
+        nxt = seen[-1].__cause__ or (None if seen[-1].__suppress_context__ else seen[-1].__context__)
+        if nxt is None or nxt in seen:
+            return seen[-1]
+        seen.append(nxt)
+
+
+def install_error_summary() -> None:
+    """After a failed ``monai.bundle run`` prints its traceback, print the root cause as the last line.
+
+    MONAI wraps an error raised in a config expression as ``RuntimeError: Failed to evaluate ...``, so the
+    message that says what to fix (the file, the config key) would otherwise sit in the middle of a long
+    traceback.
+    """
+    previous = sys.excepthook
+    if getattr(previous, "_prints_root_cause", False):
+        return
+
+    def hook(kind, error, traceback):
+        previous(kind, error, traceback)
+        cause = root_cause(error)
+        if cause is not error:
+            print(f"\nerror: {type(cause).__name__}: {cause}", file=sys.stderr, flush=True)
+
+    hook._prints_root_cause = True
+    sys.excepthook = hook

@@ -37,16 +37,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from .config import as_bool
+from .errors import ConfigurationError
 
 __all__ = ["configurable", "typed", "coerce", "describe", "instantiate", "bundle_scripts", "target_name",
            "is_configurable", "ConfigurationError"]
 
 _NULL = {"null", "none", ""}
 _MARKERS = ("$", "@", "%")  # strings MONAI's config parser would read as expressions or references
-
-
-class ConfigurationError(ValueError):
-    """A config value cannot be read as the type its argument takes, or cannot be described."""
 
 
 # ---------------------------------------------------------------------------- coercion

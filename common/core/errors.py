@@ -30,3 +30,20 @@ class PretrainedWeightsError(FileNotFoundError):
         if hint:
             msg += f". {hint}"
         super().__init__(msg)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, of another bundle, or does not fit the network it is loaded into.
+
+    The message is one line that names the file and says what it holds and what was asked for.
+    """
+
+    def __init__(self, path: str | Path | None, problem: str):
+        self.path = None if path is None else str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}" if self.path else problem)
+
+
+class ConfigurationError(ValueError):
+    """A config value that cannot be read as the type its argument takes or written as a description,
+    or a command-line setting that would be ignored or cannot apply."""

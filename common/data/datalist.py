@@ -40,8 +40,12 @@ def mask_threshold(dataset_format: str) -> float:
         raise ValueError(f"dataset_format {dataset_format!r} has no binary masks; one of {sorted(MASK_THRESHOLDS)}")
     return MASK_THRESHOLDS[dataset_format]
 
-def file_datalist(path: str | Path) -> list[dict]:
-    """A JSON list, JSONL or CSV (``image,label,text``) of records; relative paths are relative to the file."""
+def file_datalist(path: str | Path, required: Sequence[str] = ("image", "text")) -> list[dict]:
+    """A JSON list, JSONL or CSV (``image,label,text``) of records; relative paths are relative to the file.
+
+    Every record needs the ``required`` keys (training and evaluation also need ``label``); a missing one
+    raises, naming the file, the record and the columns it has.
+    """
     path = Path(path)
     if not path.is_file():
         raise DatasetError(path, "datalist file does not exist")
@@ -55,11 +59,16 @@ def file_datalist(path: str | Path) -> list[dict]:
                 entries = list(csv.DictReader(f))
     except Exception as err:
         raise DatasetError(path, f"cannot parse datalist ({type(err).__name__}: {err})") from err
+    if not isinstance(entries, list):
+        raise DatasetError(path, "a datalist must be a list of records")
     records = []
     for n, entry in enumerate(entries):
-        missing = [k for k in ("image", "text") if not entry.get(k)]
+        if not isinstance(entry, dict):
+            raise DatasetError(path, f"record {n} is not a record of named fields: {entry!r}")
+        missing = [k for k in required if not entry.get(k)]
         if missing:
-            raise DatasetError(path, f"record {n} has no {missing}")
+            names = " and ".join(f"'{k}'" for k in missing)
+            raise DatasetError(path, f"record {n} has no {names} (columns: {', '.join(entry)})")
         rec = dict(entry)
         for key in ("image", "label"):
             if rec.get(key):
@@ -73,11 +82,18 @@ def file_datalist(path: str | Path) -> list[dict]:
     return records
 
 
-def check_records(records: Sequence[dict], keys: Sequence[str] = ("image", "label")) -> None:
-    """Open every raster image/mask header: unreadable files and image/mask size mismatches raise."""
+def check_records(records: Sequence[dict], keys: Sequence[str] = ("image", "label"), progress: bool = True) -> None:
+    """Decode every raster image/mask once before training: unreadable or truncated files and image/mask
+    size mismatches raise here, naming the file, instead of aborting a data-loader worker later."""
     from PIL import Image
 
-    for rec in records:
+    rasters = [rec for rec in records if any(str(rec.get(k, "")).lower().endswith(IMAGE_SUFFIXES) for k in keys)]
+    iterator = rasters
+    if progress and len(rasters) > 200:
+        from tqdm import tqdm
+
+        iterator = tqdm(rasters, desc="checking image files", unit="record")
+    for rec in iterator:
         sizes = {}
         for key in keys:
             path = rec.get(key)
@@ -86,8 +102,10 @@ def check_records(records: Sequence[dict], keys: Sequence[str] = ("image", "labe
             try:
                 with Image.open(path) as im:
                     sizes[key] = im.size
+                    im.load()  # decode: a truncated file passes the header and fails only here
             except Exception as err:
-                raise DatasetError(path, f"cannot read {key} ({type(err).__name__}: {err})") from err
+                what = "cannot decode image" if key in sizes else f"cannot read {key}"
+                raise DatasetError(path, f"{what} ({type(err).__name__}: {err})") from err
         if len(set(sizes.values())) > 1:
             raise DatasetError(rec.get("label"), f"mask size {sizes.get('label')} differs from image size "
                                f"{sizes.get('image')} ({rec.get('image')})")
@@ -134,7 +152,7 @@ def build_datalist(
             if found is None:
                 raise DatasetError(path, f"no {split}.json / {split}.jsonl / {split}.csv datalist")
             path = found
-        records = file_datalist(path)
+        records = file_datalist(path, required=("image", "label", "text"))
     if limit:
         records = records[: int(limit)]
     if check_files:

@@ -13,7 +13,6 @@ from pathlib import Path
 
 from common.core.errors import DatasetError
 
-from .files import find_file
 
 def _prompt_file(root: Path, split: str, prompt_file: str | Path | None) -> Path:
     if prompt_file is not None:
@@ -22,10 +21,15 @@ def _prompt_file(root: Path, split: str, prompt_file: str | Path | None) -> Path
             raise DatasetError(path, "prompt file does not exist")
         return path
     names = [f"{split}.json"] + (["testA.json"] if split == "test" else [])
-    found = find_file([root / "anns", root / "prompts", root], names)
-    if found is None:
+    folders = [root / "anns", root / "prompts", root]
+    found = [f / n for f in folders for n in names if (f / n).is_file()]
+    if not found:
         raise DatasetError(root, f"no prompt JSON for the {split} split; looked for {names} in anns/, prompts/ and the top folder")
-    return found
+    if len({p.parent for p in found}) > 1:
+        raise DatasetError(root, f"prompt JSONs for the {split} split in two places, {found[0]} and "
+                                 f"{next(p for p in found if p.parent != found[0].parent)}: keep one, or pass the file "
+                                 "as text_file")
+    return found[0]
 
 
 def prompt_json_datalist(

@@ -71,15 +71,37 @@ def save_mask(path: Path, mask: np.ndarray, reference: str | None = None, slice_
     return path
 
 
-class PredictionWriter:
-    """Handler: for each predicted item write ``<stem>_mask<ext>`` and ``<stem>_overlay.png``.
+def output_name(record: dict, source: str, used: set[str]) -> str:
+    """A file-name stem for one prediction, unique within ``used`` (which it extends).
 
-    Expects decollated outputs whose ``pred`` is the binary mask in the
-    original image's geometry (after ``Invertd``), and the prompt in the
-    batch's ``text``. PNG masks are in the image's row/column order (for a slice
-    of a volume: its display orientation); NIfTI masks of a slice of a volume are
-    that volume with the slice filled in (:func:`save_mask`), other NIfTI masks
-    are in the order of the input array (with its affine when it is NIfTI).
+    The record's ``name`` (else the image's file name), its slice (``_z057``) and referred lesion
+    (``_lesion2``) when it has them; a name already taken in this run gets ``_2``, ``_3``, ... so that
+    two images called ``img.jpg`` in different folders, or three prompts on one slice, never overwrite
+    each other.
+    """
+    stem = str(record.get("name") or Path(source).name.split(".")[0] or "image")
+    if record.get("slice") is not None and "_z" not in stem:
+        stem = f"{stem}_z{int(record['slice']):03d}"
+    if record.get("lesion_id") is not None and "lesion" not in stem:
+        stem = f"{stem}_lesion{int(record['lesion_id'])}"
+    name, n = stem, 1
+    while name in used:
+        n += 1
+        name = f"{stem}_{n}"
+    used.add(name)
+    return name
+
+
+class PredictionWriter:
+    """Handler: for each predicted item write ``<name>_mask<ext>`` and ``<name>_overlay.png``, and at the end
+    ``predictions.csv``: one row per prediction (image, slice, text, mask, overlay, foreground pixels).
+
+    Names come from :func:`output_name` (unique within a run). Expects decollated outputs whose ``pred``
+    is the binary mask in the original image's geometry (after ``Invertd``), and the prompt in the
+    batch's ``text``. PNG masks are in the image's row/column order (for a slice of a volume: its
+    display orientation); NIfTI masks of a slice of a volume are that volume with the slice filled in
+    (:func:`save_mask`), other NIfTI masks are in the order of the input array (with its affine when it
+    is NIfTI).
     """
 
     def __init__(self, output_dir: str, mask_ext: str = ".png", overlay: bool = True):
@@ -89,6 +111,7 @@ class PredictionWriter:
         self.mask_ext = mask_ext
         self.overlay = overlay
         self.written: list[dict] = []
+        self._names: set[str] = set()
 
     def attach(self, engine) -> None:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
@@ -98,30 +121,37 @@ class PredictionWriter:
         from transforms.io import LoadImageSafed
 
         # MONAI engines decollate: state.batch and state.output are lists of per-sample dicts
-        texts = [record.get("text", "") for record in engine.state.batch]
-        slices = [record.get("slice") for record in engine.state.batch]
         loader = LoadImageSafed(keys="image")
-        for i, item in enumerate(engine.state.output):
+        for record, item in zip(engine.state.batch, engine.state.output):
             source = _filename(item["image"])
-            stem = Path(source).name.split(".")[0] or f"image_{len(self.written):04d}"
-            if slices[i] is not None:  # one slice of a volume
-                stem = f"{stem}_z{int(slices[i]):03d}"
+            text, slice_index = record.get("text", ""), record.get("slice")
+            name = output_name(record, source, self._names)
             pred = item["pred"].detach().float().cpu().numpy()
             mask = pred[0] if pred.ndim == 3 else pred
-            mask_path = save_mask(self.output_dir / f"{stem}_mask{self.mask_ext}", mask, reference=source,
-                                  slice_index=None if slices[i] is None else int(slices[i]))
-            entry = {"image": source, "text": texts[i], "mask": str(mask_path), "foreground_pixels": int((mask > 0.5).sum())}
+            mask_path = save_mask(self.output_dir / f"{name}_mask{self.mask_ext}", mask, reference=source,
+                                  slice_index=None if slice_index is None else int(slice_index))
+            entry = {"image": source, "slice": "" if slice_index is None else int(slice_index), "text": text,
+                     "mask": str(mask_path), "overlay": "", "foreground_pixels": int((mask > 0.5).sum())}
             if self.overlay:
                 original = loader({"image": source})["image"].float().numpy() if source else item["image"].numpy()
                 if original.shape[-2:] != mask.shape[-2:]:
                     original = item["image"].detach().float().cpu().numpy()
                 entry["overlay"] = str(save_overlay(
-                    self.output_dir / f"{stem}_overlay.png", original, mask, None,
-                    title=f"prompt: {texts[i]}", caption="red: predicted mask",
+                    self.output_dir / f"{name}_overlay.png", original, mask, None,
+                    title=f"prompt: {text}", caption="red: predicted mask",
                 ))
             self.written.append(entry)
 
     def report(self, engine) -> None:
+        import csv
+
+        if self.written:
+            with open(self.output_dir / "predictions.csv", "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(self.written[0]))
+                writer.writeheader()
+                writer.writerows(self.written)
         for entry in self.written:
             logger.info("%s -> %s", entry["image"], entry["mask"])
-        print(f"wrote {len(self.written)} mask(s) and overlay(s) to {self.output_dir}")
+        files = sum(Path(e["mask"]).is_file() for e in self.written)
+        print(f"wrote {files} mask(s) for {len(self.written)} prediction(s) to {self.output_dir} "
+              f"(index: predictions.csv)")

@@ -7,6 +7,8 @@ from typing import Sequence
 import torch
 
 from common.core.describe import typed
+from common.core.errors import ConfigurationError
+
 
 def unwrap(network: torch.nn.Module) -> torch.nn.Module:
     """The module inside DDP / DataParallel / torch.compile wrappers."""
@@ -32,6 +34,10 @@ def prepare_network(
     Save and load weights through :func:`unwrap` so that checkpoints carry no
     ``_orig_mod.`` / ``module.`` prefixes.
     """
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigurationError(f"--device {device} asks for a CUDA GPU, but this machine has none (or no driver): "
+                                 "leave --device out to run on what is there, or pass --device cpu")
     network = network.to(device)
     if channels_last:
         network = network.to(memory_format=torch.channels_last)

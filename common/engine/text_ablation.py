@@ -1,13 +1,14 @@
 """Evaluation of a text-guided segmentation model, with a text ablation.
 
-:class:`SegmentationEvaluation` scores one trained network on a datalist with
-MONAI's ``SupervisedEvaluator`` several times, once per text mode (see
-:class:`transforms.text.ShuffleTexts`): with each image's own text (``own``), with the
-texts shuffled across the set, and with empty text. A model that uses its
-prompt scores clearly lower without it. It writes, under ``output_dir``:
+:class:`TextAblation` runs the bundle's own validation evaluator (``validate#evaluator`` of
+``train.yaml``: its preprocessing, post-processing and metrics, declared once) over a datalist once
+per text mode (:class:`transforms.text.ShuffleTexts`): with each image's own text (``own``), the
+texts shuffled across the set, empty text, or part of each text (LSMS's 1/2 and 1/4 rows). A model
+that uses its prompt scores clearly lower without it. :class:`PerImageRecorder`, attached to the
+same evaluator, scores each image and draws overlays. Under ``output_dir``:
 
 * ``per_image.csv``: mode, image, label, text, dice, iou, accuracy;
-* ``summary.csv`` and ``summary.md``: mean Dice / mIoU / accuracy per mode;
+* ``summary.csv`` and ``summary.md``: the evaluator's metrics and the mean accuracy per mode;
 * ``overlays/<mode>/*.png``: image | ground truth | prediction with the prompt.
 """
 
@@ -18,20 +19,13 @@ import logging
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-import torch
-from monai.data import DataLoader, Dataset
-from monai.engines import SupervisedEvaluator
-from monai.handlers import IgniteMetricHandler, from_engine
-from monai.metrics import DiceMetric, MeanIoU
-from monai.transforms import Activationsd, AsDiscreted, Compose
 from ignite.engine import Events
+from monai.data import DataLoader, Dataset
 
 from common.core.describe import configurable
 from common.evaluation.metrics import binary_scores
 from common.evaluation.visualize import save_overlay
-
-from .checkpoints import load_model_weights
-from .trainer import ProgressBar
+from transforms.text import ShuffleTexts
 
 logger = logging.getLogger(__name__)
 
@@ -45,11 +39,12 @@ def _filename(meta_source) -> str:
 class PerImageRecorder:
     """Handler: per-image scores and overlays from a ``SupervisedEvaluator``'s decollated output.
 
-    Reads the image file name from the image's metadata, the prompt from the
-    batch's ``text`` and the mask file from its ``label_path``.
+    Reads the image file name from the image's metadata, the prompt from the batch's ``text`` and the
+    mask file from its ``label_path``. ``mode`` names the text mode of the current run (set by
+    :class:`TextAblation`); overlays go to ``<overlay_dir>/<mode>/``, ``num_overlays`` per mode.
     """
 
-    def __init__(self, mode: str, overlay_dir: str | Path | None = None, num_overlays: int = 0):
+    def __init__(self, overlay_dir: str | Path | None = None, num_overlays: int = 0, mode: str = "own"):
         self.mode = mode
         self.overlay_dir = Path(overlay_dir) if overlay_dir else None
         self.num_overlays = num_overlays
@@ -67,10 +62,11 @@ class PerImageRecorder:
             scores = binary_scores(pred, label)
             row = {"mode": self.mode, "image": image_file, "label": record.get("label_path", ""), "text": text, **scores}
             self.rows.append(row)
-            if self.overlay_dir is not None and len(self.rows) <= self.num_overlays:
-                stem = Path(image_file).stem or f"sample_{len(self.rows):04d}"
+            in_mode = sum(r["mode"] == self.mode for r in self.rows)
+            if self.overlay_dir is not None and in_mode <= self.num_overlays:
+                stem = Path(image_file).stem or f"sample_{in_mode:04d}"
                 save_overlay(
-                    self.overlay_dir / f"{len(self.rows):03d}_{stem}.png",
+                    self.overlay_dir / self.mode / f"{in_mode:03d}_{stem}.png",
                     item["image"].detach().float().cpu().numpy(),
                     pred.detach().float().cpu().numpy()[0],
                     label.detach().float().cpu().numpy()[0],
@@ -79,127 +75,55 @@ class PerImageRecorder:
                 )
 
 
-def _metric(metric_class) -> IgniteMetricHandler:
-    """Foreground Dice/IoU; an empty prediction of an empty ground truth scores 1 (as :func:`binary_scores`)."""
-    return IgniteMetricHandler(
-        metric_fn=metric_class(include_background=True, ignore_empty=False),
-        output_transform=from_engine(["pred", "label"]),
-    )
-
-
 @configurable
-class SegmentationEvaluation:
-    """Score a network on a datalist under several text modes and write tables and overlays.
+class TextAblation:
+    """Score the bundle's evaluator on ``datalist`` once per text mode and write the tables.
 
     Args:
-        network: the model (a checkpoint is loaded into it when ``checkpoint`` is set).
+        evaluator: the bundle's ``validate#evaluator`` (network, post-processing, metrics); its
+            handlers should include ``recorder``.
         datalist: records with ``image``, ``label``, ``text``.
-        transform: the evaluation preprocessing (loading ... ``TokenizeTextd``).
-        output_dir: where CSVs, Markdown and overlays go.
-        prepare_batch: e.g. :class:`common.engine.trainer.TextPrepareBatch`.
-        device: torch device.
-        checkpoint: a model checkpoint file (``{"model": state_dict}``) or None.
-        text_modes: any of ``own``, ``shuffled``, ``empty``, ``half``, ``quarter``.
-        threshold: probability threshold on the sigmoid output.
+        transform: the evaluation preprocessing (loading ... tokenising; empty text allowed).
+        recorder: the :class:`PerImageRecorder` attached to ``evaluator``.
+        output_dir: where CSVs and Markdown go.
+        text_modes: any of ``own``, ``shuffled``, ``empty``, ``half``, ``quarter`` (``own`` always runs first).
         batch_size, num_workers: data loading.
-        num_overlays: overlay PNGs written per mode.
-        amp: bf16 autocast (CUDA).
         seed: seed of the text shuffle.
-        progress: show a progress bar.
     """
 
-    def __init__(
-        self,
-        network: torch.nn.Module,
-        datalist: Sequence[Mapping],
-        transform: Callable,
-        output_dir: str,
-        prepare_batch: Callable,
-        device: torch.device | str = "cpu",
-        checkpoint: str | None = None,
-        text_modes: Sequence[str] = ("own", "shuffled", "empty"),
-        threshold: float = 0.5,
-        batch_size: int = 8,
-        num_workers: int = 0,
-        num_overlays: int = 16,
-        amp: bool = False,
-        seed: int = 0,
-        progress: bool = True,
-    ):
-        from transforms.text import ShuffleTexts
-
+    def __init__(self, evaluator, datalist: Sequence[Mapping], transform: Callable, recorder: PerImageRecorder,
+                 output_dir: str, text_modes: Sequence[str] = ("own", "shuffled", "empty"), batch_size: int = 8,
+                 num_workers: int = 0, seed: int = 0):
         if not datalist:
             raise ValueError("the evaluation datalist is empty")
-        if "own" not in text_modes:
-            text_modes = ["own", *text_modes]
-        for mode in text_modes:
+        modes = ["own", *[m for m in text_modes if m != "own"]]
+        for mode in modes:
             ShuffleTexts(mode)  # validates
-        self.network = network
-        self.datalist = list(datalist)
-        self.transform = transform
-        self.output_dir = Path(output_dir)
-        self.prepare_batch = prepare_batch
-        self.device = torch.device(device)
-        self.checkpoint = checkpoint
-        self.text_modes = list(text_modes)
-        self.threshold = threshold
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.num_overlays = num_overlays
-        self.amp = amp
-        self.seed = seed
-        self.progress = progress
+        self.evaluator, self.datalist, self.transform = evaluator, list(datalist), transform
+        self.recorder, self.output_dir, self.text_modes = recorder, Path(output_dir), modes
+        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
 
-    def _evaluator(self, mode: str) -> tuple[SupervisedEvaluator, PerImageRecorder]:
-        from transforms.text import ShuffleTexts
-
+    def _run_mode(self, mode: str) -> dict:
         records = ShuffleTexts(mode, seed=self.seed)(self.datalist)
-        loader = DataLoader(
-            Dataset(records, self.transform), batch_size=self.batch_size, num_workers=self.num_workers, shuffle=False
-        )
-        recorder = PerImageRecorder(mode, self.output_dir / "overlays" / mode, self.num_overlays)
-        handlers = [recorder]
-        if self.progress:
-            handlers.append(ProgressBar(output_transform=None, desc=f"evaluate ({mode} text)"))
-        evaluator = SupervisedEvaluator(
-            device=self.device,
-            val_data_loader=loader,
-            network=self.network,
-            prepare_batch=self.prepare_batch,
-            postprocessing=Compose(
-                [Activationsd(keys="pred", sigmoid=True), AsDiscreted(keys="pred", threshold=self.threshold)]
-            ),
-            key_val_metric={"dice": _metric(DiceMetric)},
-            additional_metrics={"miou": _metric(MeanIoU)},
-            val_handlers=handlers,
-            amp=self.amp and self.device.type == "cuda",
-            amp_kwargs={"dtype": torch.bfloat16} if self.amp else None,
-        )
-        return evaluator, recorder
-
-    def load_checkpoint(self) -> None:
-        if self.checkpoint is None:
-            return
-        load_model_weights(self.network, self.checkpoint, map_location=self.device)
+        loader = DataLoader(Dataset(records, self.transform), batch_size=self.batch_size,
+                            num_workers=self.num_workers, shuffle=False)
+        self.recorder.mode = mode
+        first = len(self.recorder.rows)
+        self.evaluator.data_loader = loader
+        self.evaluator.state.epoch_length = len(loader)
+        self.evaluator.run()
+        rows = self.recorder.rows[first:]
+        metrics = {name.removeprefix("val_"): float(value) for name, value in self.evaluator.state.metrics.items()
+                   if isinstance(value, (int, float))}
+        return {"n": len(rows), **metrics, "accuracy": sum(r["accuracy"] for r in rows) / max(len(rows), 1)}
 
     def run(self) -> dict[str, dict[str, float]]:
-        self.load_checkpoint()
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        rows: list[dict] = []
-        summary: dict[str, dict[str, float]] = {}
+        summary = {}
         for mode in self.text_modes:
-            evaluator, recorder = self._evaluator(mode)
-            evaluator.run()
-            rows.extend(recorder.rows)
-            n = len(recorder.rows)
-            summary[mode] = {
-                "n": n,
-                "dice": evaluator.state.metrics["dice"],
-                "miou": evaluator.state.metrics["miou"],
-                "accuracy": sum(r["accuracy"] for r in recorder.rows) / max(n, 1),
-            }
-            logger.info("%s text: Dice %.4f mIoU %.4f (%d images)", mode, summary[mode]["dice"], summary[mode]["miou"], n)
-        self._write(rows, summary)
+            summary[mode] = self._run_mode(mode)
+            logger.info("%s text: %s", mode, ", ".join(f"{k} {v:.4f}" for k, v in summary[mode].items() if k != "n"))
+        self._write(self.recorder.rows, summary)
         return summary
 
     def _write(self, rows: list[dict], summary: dict[str, dict[str, float]]) -> None:
@@ -208,23 +132,26 @@ class SegmentationEvaluation:
             writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()
             writer.writerows(rows)
+        columns = [c for c in next(iter(summary.values())) if c != "n"]
         with open(self.output_dir / "summary.csv", "w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["text", "n", "dice", "miou", "accuracy"])
+            writer.writerow(["text", "n", *columns])
             for mode, s in summary.items():
-                writer.writerow([mode, s["n"], f"{s['dice']:.4f}", f"{s['miou']:.4f}", f"{s['accuracy']:.4f}"])
+                writer.writerow([mode, s["n"], *(f"{s[c]:.4f}" for c in columns)])
         (self.output_dir / "summary.md").write_text(summary_markdown(summary))
+
+
+TEXT_MODE_NAMES = {
+    "own": "its own",
+    "shuffled": "another image's (shuffled)",
+    "empty": "empty",
+    "half": "its own, first 1/2 of the words (rounded up)",
+    "quarter": "its own, first 1/4 of the words (rounded up)",
+}
 
 
 def summary_markdown(summary: Mapping[str, Mapping[str, float]]) -> str:
     """Markdown table of the per-mode means; the Dice change from the own-text row is in the last column."""
-    descriptions = {
-        "own": "its own",
-        "shuffled": "another image's (shuffled)",
-        "empty": "empty",
-        "half": "its own, first 1/2 of the words (rounded up)",
-        "quarter": "its own, first 1/4 of the words (rounded up)",
-    }
     own_dice = summary.get("own", {}).get("dice")
     lines = [
         "| text given | images | Dice (%) | mIoU (%) | accuracy (%) | Dice change vs own text (points) |",
@@ -233,8 +160,7 @@ def summary_markdown(summary: Mapping[str, Mapping[str, float]]) -> str:
     for mode, s in summary.items():
         delta = "" if mode == "own" or own_dice is None else f"{100 * (s['dice'] - own_dice):+.2f}"
         lines.append(
-            f"| {descriptions.get(mode, mode)} | {s['n']} | {100 * s['dice']:.2f} | {100 * s['miou']:.2f} | "
+            f"| {TEXT_MODE_NAMES.get(mode, mode)} | {s['n']} | {100 * s['dice']:.2f} | {100 * s['miou']:.2f} | "
             f"{100 * s['accuracy']:.2f} | {delta} |"
         )
     return "\n".join(lines) + "\n"
-

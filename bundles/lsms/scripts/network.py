@@ -206,7 +206,7 @@ class LSMS(nn.Module):
 
     def __init__(
         self,
-        text_encoder: nn.Module | None,
+        text_encoder: nn.Module | None = None,
         in_channels: int = 3,
         out_channels: int = 1,
         depths: Sequence[int] = (3, 3, 5, 2),

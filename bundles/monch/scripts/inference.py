@@ -11,9 +11,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common.networks.clip_encoders import CLIP_MEAN, CLIP_STD
 from common.core.errors import DatasetError
 from common.data.pannuke.reader import CLASS_COLORS, CLASS_NAMES
+from common.engine.inference import output_name
+from common.networks.clip_encoders import CLIP_MEAN, CLIP_STD
 
 from .decode import decode_classes
 
@@ -39,9 +40,11 @@ def _check_patches(array: np.ndarray, path: str) -> np.ndarray:
     return array
 
 
-def inference_records(image: str | None = None, images: Sequence[str] | None = None) -> list[dict]:
+def inference_records(image: str | None = None, images: Sequence[str] | None = None,
+                      index: int | None = None) -> list[dict]:
     """Records for ``--image`` (one file) or ``--images`` (a list): PNG/JPEG/TIFF, or ``.npy`` patch stacks
-    ((N, H, W, 3), values 0-255, as PanNuke's ``images.npy``), one record per patch."""
+    ((N, H, W, 3), values 0-255, as PanNuke's ``images.npy``), one record per patch, or only patch
+    ``--index`` of a stack."""
     paths = [image] if image else list(images or [])
     if not paths:
         raise ValueError("give --image PATH (PNG/JPEG/TIFF or a .npy of (N, H, W, 3) patches)")
@@ -56,7 +59,10 @@ def inference_records(image: str | None = None, images: Sequence[str] | None = N
             except Exception as err:
                 raise DatasetError(p, f"cannot read ({type(err).__name__}: {err})") from err
             array = _check_patches(array, str(p))
-            records += [{"image": str(p), "index": i, "name": f"{p.stem}_{i:04d}"} for i in range(array.shape[0])]
+            if index is not None and not 0 <= int(index) < array.shape[0]:
+                raise DatasetError(p, f"--index {index} is outside its {array.shape[0]} patches")
+            wanted = range(array.shape[0]) if index is None else [int(index)]
+            records += [{"image": str(p), "index": i, "name": f"{p.stem}_{i:04d}"} for i in wanted]
         elif p.suffix.lower() in IMAGE_EXTENSIONS:
             records.append({"image": str(p), "name": p.stem})
         else:
@@ -101,6 +107,7 @@ class ClassMapWriter:
         self.include_background = include_background
         self.class_names, self.colors = list(class_names), dict(colors)
         self.written: list[dict] = []
+        self._names: set[str] = set()
 
     def attach(self, engine) -> None:
         from ignite.engine import Events
@@ -119,7 +126,7 @@ class ClassMapWriter:
             size = tuple(int(s) for s in record["orig_size"])
             logits = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)[0]
             classes = decode_classes(logits, self.include_background).cpu().numpy().astype(np.uint8)
-            name = str(record["name"])
+            name = output_name(record, str(record.get("source", "")), self._names)
             class_path = self.output_dir / f"{name}_classes.png"
             Image.fromarray(classes).save(class_path)
             original = torch.as_tensor(record["original"]).cpu().numpy()

@@ -25,8 +25,8 @@ patch index and the organ, and :class:`LoadPanNukePatchd` reads one patch.
 
 from __future__ import annotations
 
-from __future__ import annotations
-
+import json
+import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -124,6 +124,73 @@ def check_fold(files: Mapping[str, Path]) -> tuple[int, tuple[int, int], list[st
     return n, (h, w), organs, int(masks.shape[-1])
 
 
+CHUNK = 256  # patches read at a time by the value checks (a 256x256x3 float64 chunk is ~400 MB at most)
+
+
+def check_values(files: Mapping[str, Path], fold: int, n: int) -> None:
+    """Finite images within 0-255 (not already scaled to 0-1) and finite, non-negative instance ids, checked
+    chunk by chunk over the memory-mapped arrays; the error names the fold and the first bad patch.
+
+    A fold's result is remembered (by path, size and modification time) in
+    ``~/.cache/tgseg/pannuke_checks.json``, so an unchanged fold is read once, not at every run.
+    """
+    key = _fingerprint(files)
+    cache = _load_check_cache()
+    if cache.get(key) == "ok":
+        return
+    images, masks = load_npy(files["images.npy"]), load_npy(files["masks.npy"])
+    largest = 0.0
+    for start in range(0, n, CHUNK):
+        chunk = np.asarray(images[start:start + CHUNK], dtype=np.float64)
+        finite = np.isfinite(chunk).all(axis=(1, 2, 3))
+        if not finite.all():
+            raise DatasetError(files["images.npy"], f"fold {fold} patch {start + int(np.argmin(finite))} has non-finite "
+                                                    "pixel values (NaN/inf)")
+        in_range = ((chunk >= 0) & (chunk <= 255)).all(axis=(1, 2, 3))
+        if not in_range.all():
+            raise DatasetError(files["images.npy"], f"fold {fold} patch {start + int(np.argmin(in_range))} has values "
+                                                    "outside 0-255 (PanNuke images are 0-255 RGB)")
+        largest = max(largest, float(chunk.max()))
+        ids = np.asarray(masks[start:start + CHUNK], dtype=np.float64)
+        valid = (np.isfinite(ids) & (ids >= 0)).all(axis=(1, 2, 3))
+        if not valid.all():
+            raise DatasetError(files["masks.npy"], f"fold {fold} patch {start + int(np.argmin(valid))} has non-finite or "
+                                                   "negative instance ids")
+    if n and largest <= 1.0:
+        raise DatasetError(files["images.npy"], f"fold {fold} looks scaled to 0-1 (largest value {largest:g}); "
+                                                "PanNuke images are 0-255 RGB, and the model normalises them itself")
+    cache[key] = "ok"
+    _save_check_cache(cache)
+
+
+def _fingerprint(files: Mapping[str, Path]) -> str:
+    parts = []
+    for name in ("images.npy", "masks.npy"):
+        stat = Path(files[name]).stat()
+        parts.append(f"{Path(files[name]).resolve()}:{stat.st_size}:{stat.st_mtime_ns}")
+    return "|".join(parts)
+
+
+def _cache_file() -> Path:
+    return Path(os.environ.get("TGSEG_CACHE", Path.home() / ".cache" / "tgseg")) / "pannuke_checks.json"
+
+
+def _load_check_cache() -> dict:
+    try:
+        return json.loads(_cache_file().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_check_cache(cache: dict) -> None:
+    try:
+        path = _cache_file()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(cache))
+    except OSError:  # a read-only home only costs a re-check next time
+        pass
+
+
 @typed
 def pannuke_datalist(root: str | Path, split: str = "train", folds: Mapping[str, Sequence[int]] | None = None,
                      limit: int | None = None) -> list[dict]:
@@ -140,6 +207,7 @@ def pannuke_datalist(root: str | Path, split: str = "train", folds: Mapping[str,
     for fold in folds[split]:
         files = find_fold(root, int(fold))
         n, _, organs, _ = check_fold(files)
+        check_values(files, int(fold), n)
         for i in range(n):
             records.append({"image": str(files["images.npy"]), "mask": str(files["masks.npy"]), "fold": int(fold),
                             "index": i, "organ": organs[i], "name": f"fold{int(fold)}_{i:05d}"})

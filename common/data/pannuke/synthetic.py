@@ -7,6 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..synthetic.ownership import claim_folder, is_sample_folder
 from .reader import FILES, ORGANS, fold_candidates
 
 # per cell type: colour (RGB 0-255), radius as a fraction of the patch size, elongation, rarity weight
@@ -60,7 +61,7 @@ def write_sample_pannuke(out_dir: str | Path, n_per_fold: int = 24, size: int = 
     model can learn the classes; arrays have the published dtypes (float64 images and masks,
     string organ names).
     """
-    root = Path(out_dir) / "PanNuke"
+    root = claim_folder(Path(out_dir) / "PanNuke")
     rng = np.random.default_rng(seed)
     for fold in folds:
         patches = [_synthetic_patch(size, rng) for _ in range(n_per_fold)]
@@ -80,6 +81,8 @@ def ensure_sample_pannuke(out_dir: str | Path = "sample_data", n_per_fold: int =
     root = Path(out_dir) / "PanNuke"
 
     def complete() -> bool:
+        if not is_sample_folder(root):
+            return False
         for f in (1, 2, 3):
             files = fold_candidates(root, f)[0]
             if not all(files[n].is_file() for n in FILES):

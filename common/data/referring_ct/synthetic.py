@@ -7,6 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..synthetic.ownership import claim_folder, is_sample_folder
 from .builder import build_referring_dataset, find_pairs
 
 def write_sample_ct(out_dir: str | Path, n_cases: int = 8, size: int = 96, depth: int = 16, seed: int = 0,
@@ -20,7 +21,7 @@ def write_sample_ct(out_dir: str | Path, n_cases: int = 8, size: int = 96, depth
     import nibabel as nib
 
     rng = np.random.default_rng(seed)
-    root = Path(out_dir)
+    root = claim_folder(out_dir)
     (root / "ct").mkdir(parents=True, exist_ok=True)
     (root / "labels").mkdir(parents=True, exist_ok=True)
     affine = np.diag([*map(float, spacing), 1.0])
@@ -61,7 +62,8 @@ def ensure_sample_referring_ct(out_dir: str | Path, n_cases: int = 12, size: int
                                seed: int = 0) -> str:
     """``<out_dir>/refct``: synthetic volumes under ``volumes/`` and the built dataset, written on first use."""
     root = Path(out_dir) / "refct"
-    if not (root / "test.jsonl").is_file():
+    if not (is_sample_folder(root) and (root / "test.jsonl").is_file()):
+        claim_folder(root)
         print(f"writing {n_cases} synthetic CT volumes ({size}x{size}x{depth}) and building the referring dataset "
               f"in {root}", flush=True)
         volumes = write_sample_ct(root / "volumes", n_cases, size, depth, seed)

@@ -3,7 +3,7 @@
 
 import importlib
 
-__all__ = ['sample_datasets', 'scenes']
+__all__ = ['ownership', 'sample_datasets', 'scenes']
 
 
 def __getattr__(name):

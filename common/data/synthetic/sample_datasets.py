@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .ownership import claim_folder, is_sample_folder
 from .scenes import Scene, chest_scene, endoscopy_scene
 
 DATASETS = ("qata", "mosmed", "kvasir", "bkai")
@@ -82,7 +83,7 @@ def _split_counts(n: int, val: float = 0.1, test: float = 0.2) -> dict[str, int]
 
 
 def write_qata(root: Path, n: int, size: int, rng: np.random.Generator) -> Path:
-    out = root / FOLDERS["qata"]
+    out = claim_folder(root / FOLDERS["qata"])
     counts = _split_counts(n, val=0.0)  # QaTa has no validation set: readers carve it from train
     counts["train"] += counts.pop("val")
     for split, folder in (("train", "Train Set"), ("test", "Test Set")):
@@ -104,7 +105,7 @@ def write_qata(root: Path, n: int, size: int, rng: np.random.Generator) -> Path:
 def write_mosmed(root: Path, n: int, size: int, rng: np.random.Generator) -> Path:
     import pandas as pd
 
-    out = root / FOLDERS["mosmed"]
+    out = claim_folder(root / FOLDERS["mosmed"])
     for split, count in _split_counts(n).items():
         folder = out / f"{split.capitalize()} Set"
         rows = []
@@ -121,7 +122,7 @@ def write_mosmed(root: Path, n: int, size: int, rng: np.random.Generator) -> Pat
 
 
 def _write_polyps(root: Path, dataset: str, n: int, size: int, rng: np.random.Generator) -> Path:
-    out = root / FOLDERS[dataset]
+    out = claim_folder(root / FOLDERS[dataset])
     ext = ".jpg" if dataset == "kvasir" else ".jpeg"
     bboxes = {}
     for split, count in _split_counts(n).items():
@@ -178,12 +179,13 @@ _MARKERS = {
 def ensure_sample_dataset(dataset: str, out_dir: str | Path, n: int = 240, size: int = 128, seed: int = 0) -> str:
     """The folder of a sample dataset under ``out_dir``, written first if it is not there yet.
 
-    ``demo.yaml`` uses it as its ``dataset_dir``, so the demo config runs on a fresh clone.
+    ``demo.yaml`` uses it as its ``dataset_dir``, so the demo config runs on a fresh clone. A folder of
+    that name that the writer did not make is refused, not used or written into (:mod:`.ownership`).
     """
     if dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
     folder = Path(out_dir) / FOLDERS[dataset]
-    if not (folder / _MARKERS[dataset]).is_file():
+    if not (is_sample_folder(folder) and (folder / _MARKERS[dataset]).is_file()):
         print(f"writing {n} synthetic {size}x{size} {dataset} images to {folder}", flush=True)
         write_sample_dataset(dataset, out_dir, n=n, size=size, seed=seed)
     return str(folder)
