@@ -102,3 +102,9 @@ def test_a_batch_size_of_zero_is_named_in_the_last_line(data, tmp_path):
     proc = bundle(*train_args("tmca", data, tmp_path / "out", "--batch_size", "0"), check=False)
     assert proc.returncode != 0
     assert "batch_size" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_a_missing_dataset_says_which_setting_to_change_in_the_last_line(tmp_path):
+    proc = bundle(*train_args("tmca", tmp_path / "no_such_dataset", tmp_path / "out"), check=False)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "no_such_dataset: dataset folder does not exist (set --dataset_dir" in last

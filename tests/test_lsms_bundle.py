@@ -29,7 +29,8 @@ trained = trained_model("lsms")
 def test_one_training_iteration_logs_every_loss_term(trained):
     state = torch.load(trained / "models" / "checkpoint_epoch=1.pt", map_location="cpu", weights_only=True)
     assert state["trainer"]["iteration"] == 1
-    assert any(k.startswith("text_encoder.") for k in state["model"])
+    assert state["description"]["excluded"] == ["text_encoder."]  # the demo's frozen MiniLM loads from its package
+    assert not any(k.startswith("text_encoder.") for k in state["model"])
     settings = state["description"]["settings"]
     assert settings["window_hu"] == [-160, 240] and settings["text"]["max_length"] >= 24  # the whole expression
     assert any(".language.w_l1." in k for k in state["model"])
@@ -53,6 +54,11 @@ def test_text_free_training_has_no_language_weights(data, tmp_path):
     bundle(*eval_args("lsms", data, tmp_path / "notext", "--limit", "2"))
     summary = (tmp_path / "notext" / "eval" / "summary.md").read_text()
     assert "its own" in summary and "shuffled" not in summary
+    record = json.loads((data / "test.jsonl").read_text().splitlines()[0])
+    proc = bundle("inferring", "--config_file", inference_config("lsms"), "--checkpoint",
+                  str(tmp_path / "notext" / "models" / "model.pt"), "--image", str(data / record["image"]), "--text",
+                  "unused", "--output_dir", str(tmp_path / "notext_infer"))
+    assert "wrote 1 mask(s)" in proc.stdout
 
 
 def test_evaluating_with_partial_text(data, trained):

@@ -105,6 +105,25 @@ def test_high_pass_on_a_known_signal():
     assert not mask[0, 0] and mask[4, 4]  # DC removed, Nyquist corner kept
 
 
+def test_high_pass_equals_the_fft_and_exports_to_onnx(tmp_path):
+    """The DFT-matrix high-pass gives torch.fft's numbers, and the module exports (ONNX has no complex FFT)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 9, 12)
+    mask = high_pass_mask(9, 12, 0.3)
+    reference = torch.fft.ifft2(torch.fft.fft2(x, norm="ortho") * mask, norm="ortho").real
+    assert torch.allclose(high_pass(x, 0.3), reference, atol=1e-5)
+    fy = torch.fft.fftfreq(9).abs() / 0.5
+    fx = torch.fft.fftfreq(12).abs() / 0.5
+    assert torch.equal(mask, torch.sqrt(fy[:, None] ** 2 + fx[None, :] ** 2) >= 0.3)
+    import onnxruntime
+
+    module = HighFrequencyModule(0.3).eval()
+    torch.onnx.export(module, (x,), str(tmp_path / "hf.onnx"), dynamo=False, opset_version=17)
+    session = onnxruntime.InferenceSession(str(tmp_path / "hf.onnx"))
+    out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    assert abs(out - module(x).numpy()).max() < 1e-5
+
+
 def test_pairwise_distances_and_dilated_knn_on_a_tiny_graph():
     pos = torch.tensor([0.0, 1.0, 3.0, 10.0, 11.5, 20.0])
     nodes = pos[None, :, None]  # (1, 6, 1)

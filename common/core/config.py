@@ -124,9 +124,9 @@ def check_command_line(frozen_sections: Sequence[str] = (), argv: Sequence[str] 
     where = ", ".join(str(f) for f in files)
     training_ids = set()
     for f in files:  # the bundle's training settings, for a better message at inference
-        train = f.parent / "train.yaml"
-        if train.is_file():
-            training_ids |= set(_load(train))
+        for train in (f.parent / "train.yaml", f.parent / "train.json"):
+            if train.is_file():
+                training_ids |= set(_load(train))
     for key in overrides:
         top = key.split("#")[0]
         if top in ids:

@@ -212,13 +212,31 @@ def is_configurable(obj: Any) -> bool:
     return "_configured_with" in getattr(obj, "__dict__", {})
 
 
+# where this code lives: "" in the repository, "scripts.tgseg." when scripts/package.py vendored it into a bundle
+VENDOR_PREFIX = __name__[: -len("common.core.describe")]
+
+
 def target_name(klass: type) -> str:
-    """``module.Class`` as a bundle config names it: a bundle's own code is ``scripts.<module>``."""
+    """``module.Class`` as a bundle config of the repository names it: a bundle's own code is
+    ``scripts.<module>``, shared code ``common.<...>`` also when it runs vendored inside a packaged bundle,
+    so a checkpoint reads the same wherever it was trained."""
     module = klass.__module__
     parts = module.split(".")
     if len(parts) > 2 and parts[0] == "bundles" and parts[2] == "scripts":
         module = ".".join(parts[2:])
+    if VENDOR_PREFIX and module.startswith(VENDOR_PREFIX):
+        module = module[len(VENDOR_PREFIX):]
     return f"{module}.{klass.__qualname__}"
+
+
+def _vendored(config):
+    """A description's shared-code targets (``common.``/``transforms.``) under this copy's vendored prefix."""
+    if isinstance(config, dict):
+        return {k: (VENDOR_PREFIX + v if k == "_target_" and isinstance(v, str) and v.split(".")[0] in
+                    ("common", "transforms") else _vendored(v)) for k, v in config.items()}
+    if isinstance(config, list):
+        return [_vendored(v) for v in config]
+    return config
 
 
 def describe(obj: Any, keep_pretrained: Iterable[Any] = ()) -> dict:
@@ -306,6 +324,7 @@ def instantiate(config: Mapping, bundle_root: str | Path | None = None) -> Any:
     resolve to the package of ``bundle_root`` (:func:`bundle_scripts`), as in ``monai.bundle run``."""
     from monai.bundle import ConfigParser
 
-    parser = ConfigParser({"built": copy.deepcopy(dict(config))})
+    config = copy.deepcopy(dict(config))
+    parser = ConfigParser({"built": _vendored(config) if VENDOR_PREFIX else config})
     with bundle_scripts(bundle_root):
         return parser.get_parsed_content("built")

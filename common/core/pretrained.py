@@ -55,8 +55,9 @@ def resolve_hf_model(key: str, value: str | os.PathLike | None) -> str:
         return str(module.get_model_path())
     path = Path(value).expanduser()
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise PretrainedWeightsError(key, value, f"{path / 'config.json'}", "The folder is not a Hugging Face model folder.")
+        if not ((path / "config.json").is_file() or (path / "tokenizer_config.json").is_file()):
+            raise PretrainedWeightsError(key, value, f"{path / 'config.json'} (or a tokenizer's tokenizer_config.json)",
+                                         "The folder is not a Hugging Face model or tokenizer folder.")
         return str(path)
     if path.exists() or _looks_like_path(value):
         raise PretrainedWeightsError(key, value, f"the local folder {path.resolve()}", "It does not exist.")

@@ -99,7 +99,7 @@ def lvit_datalist(
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if not root.is_dir():
-        raise DatasetError(root, "dataset folder does not exist")
+        raise DatasetError(root, "dataset folder does not exist (set --dataset_dir to the folder the dataset was unpacked into)")
     has_val_folder = any((root / n).is_dir() for n in _SPLIT_DIRS["val"])
     # without a validation folder (QaTa), train and val are carved from the training rows
     carve = split in ("train", "val") and not has_val_folder

@@ -43,7 +43,7 @@ def prompt_json_datalist(
     """Kvasir-SEG / BKAI-IGH with Poudel et al.'s prompt JSON (see the module doc)."""
     root = Path(dataset_dir)
     if not root.is_dir():
-        raise DatasetError(root, "dataset folder does not exist")
+        raise DatasetError(root, "dataset folder does not exist (set --dataset_dir to the folder the dataset was unpacked into)")
     path = _prompt_file(root, split, prompt_file)
     try:
         entries = json.loads(path.read_text())

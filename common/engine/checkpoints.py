@@ -130,13 +130,29 @@ class ModelDescription:
                 "excluded": self.excluded_prefixes(), "training": dict(self.training)}
 
     def load_state_dict(self, state: Mapping) -> None:
-        """Resuming: the checkpoint must describe the network this run builds."""
+        """Resuming: the checkpoint must describe the network this run builds (where its pretrained parts'
+        weights come from may differ: that is storage, not architecture)."""
         current = self.state_dict()
         for key in ("bundle", "network"):
-            if state.get(key) != current[key]:
+            theirs, ours = _architecture(state.get(key)), _architecture(current[key])
+            if theirs != ours:
                 raise CheckpointError(None, f"the checkpoint to resume from was trained with {summary(state)}; this run "
-                                            f"builds {summary(current)}: {_first_difference(state.get(key), current[key])}")
+                                            f"builds {summary(current)}: {_first_difference(theirs, ours)}")
         self.training = dict(state.get("training", {}))
+
+
+def _architecture(config: Any) -> Any:
+    """A description without what says where pretrained weights come from (the pretrained arguments of each
+    part, a Hugging Face model's stored config): two runs of one architecture compare equal."""
+    from pydoc import locate
+
+    if isinstance(config, list):
+        return [_architecture(c) for c in config]
+    if not isinstance(config, Mapping):
+        return config
+    klass = locate(str(config["_target_"])) if "_target_" in config else None
+    ignore = set(getattr(klass, "_pretrained_arguments", {})) | {"model_config"}
+    return {k: _architecture(v) for k, v in config.items() if k not in ignore}
 
 
 def summary(description: Mapping) -> str:
@@ -187,6 +203,14 @@ class LoadedModel:
         return f"LoadedModel({self.path}: {summary(self.description)})"
 
 
+def tokenizer_source(checkpoint: str | Path, settings: Mapping) -> str:
+    """The tokenizer of a text model: the ``tokenizer/`` folder beside the checkpoint when there is one
+    (scripts/package.py and scripts/export.py save it there, so a packaged bundle or an exported model
+    tokenises offline), else the one the checkpoint names (a hub id, a folder or a packaged model)."""
+    beside = Path(checkpoint).parent / "tokenizer"
+    return str(beside) if (beside / "tokenizer_config.json").is_file() else settings["text"]["tokenizer"]
+
+
 @typed
 def read_checkpoint(path: str | None) -> dict:
     """The checkpoint's contents (``weights_only``); errors say how to get one."""
@@ -205,8 +229,11 @@ def load_model(path: str | None, bundle_root: str, device: str | None = None) ->
     """Build the network a checkpoint describes and load its weights.
 
     The checkpoint must come from the bundle at ``bundle_root``; another bundle's (or one without a
-    description) is refused in one line that says what it is.
+    description) is refused in one line that says what it is. A TorchScript (``.ts``) or ONNX (``.onnx``)
+    file written by ``scripts/export.py`` is taken in place of a checkpoint: it carries the description.
     """
+    if path is not None and Path(str(path)).suffix in (".ts", ".onnx"):
+        return _load_exported(path, bundle_root, device)
     state = read_checkpoint(path)
     description = state.get("description") if isinstance(state, Mapping) else None
     if not isinstance(description, Mapping) or "network" not in description or "model" not in state:
@@ -230,6 +257,20 @@ def load_model(path: str | None, bundle_root: str, device: str | None = None) ->
         network.to(device)
     logger.info("loaded %s from %s", summary(description), path)
     return LoadedModel(network, dict(description), str(path))
+
+
+def _load_exported(path: str, bundle_root: str, device: str | None) -> LoadedModel:
+    from .export import read_exported
+
+    if not os.path.isfile(str(path)):
+        raise FileNotFoundError(f"exported model {path} does not exist: write one with scripts/export.py")
+    network, description = read_exported(path)
+    bundle, _ = bundle_identity(bundle_root)
+    if description.get("bundle") != bundle:
+        raise CheckpointError(path, f"is an export of {summary(description)}; this is the {bundle} bundle")
+    if device is not None:
+        network.to(device)
+    return LoadedModel(network, description, str(path))
 
 
 # ---------------------------------------------------------------------------------------------

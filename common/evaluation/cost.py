@@ -16,7 +16,8 @@ from torch import nn
 
 
 @contextlib.contextmanager
-def _attention_fast_path(enabled: bool):
+def attention_fast_path(enabled: bool):
+    """Switch ``nn.MultiheadAttention``'s fused eval-mode kernel on or off while the block runs."""
     previous = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(enabled)
     try:
@@ -32,7 +33,7 @@ def forward_flops(module: nn.Module, *inputs, **kwargs) -> tuple[int, dict[str, 
 
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    with _attention_fast_path(False), sdpa_kernel(SDPBackend.MATH), torch.no_grad(), \
+    with attention_fast_path(False), sdpa_kernel(SDPBackend.MATH), torch.no_grad(), \
             FlopCounterMode(display=False) as counter:
         module(*inputs, **kwargs)
     per_module = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}

@@ -27,7 +27,8 @@ class HFTextEncoder(nn.Module):
             layers (TMCA uses 3).
         freeze: keep the encoder's weights fixed and in eval mode. A frozen
             encoder caches the features of each distinct token row, so repeated
-            clinical sentences are encoded once.
+            clinical sentences are encoded once (not while the forward is traced,
+            exported or compiled: a captured graph would freeze the cached texts in).
         cache_size: number of distinct texts kept in that cache (LRU); 0 disables it.
         trust_remote_code: needed for hub models that ship their own model code
             (``microsoft/BiomedVLP-CXR-BERT-specialized``).
@@ -91,7 +92,7 @@ class HFTextEncoder(nn.Module):
         if not self.frozen:
             return self._encode(text_ids, text_mask)
         with torch.no_grad():
-            if self.cache_size <= 0:
+            if self.cache_size <= 0 or _graph_capture():
                 return self._encode(text_ids, text_mask)
             return self._cached_encode(text_ids, text_mask)
 
@@ -123,6 +124,13 @@ class HFTextEncoder(nn.Module):
         # new weights make cached features stale
         self.clear_cache()
         super()._load_from_state_dict(*args, **kwargs)
+
+
+def _graph_capture() -> bool:
+    """True while the forward is traced, exported or compiled: the cache must stay out of the graph, or the
+    captured graph would hold the features of the texts seen while capturing as constants."""
+    return bool(torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
+                or torch.compiler.is_compiling())
 
 
 def masked_mean(features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -202,6 +202,11 @@ class DynamicHead(nn.Module):
         b, c, h, w = feat.shape
         weight, bias = self.kernels(x, text)
         num_classes = weight.shape[0] // b
+        if self.kernel_size == 1:
+            # a 1x1 dynamic kernel is a per-image matrix product: the same numbers as the grouped convolution
+            # below, and a graph whose shapes do not depend on the batch (ONNX exports it)
+            out = torch.einsum("bkc,bchw->bkhw", weight.reshape(b, num_classes, c), feat)
+            return out + bias.reshape(b, num_classes, 1, 1)
         # G_reshape: (B, C, H, W) -> (1, B*C, H, W); one group per image
         out = F.conv2d(feat.reshape(1, b * c, h, w), weight, bias, padding=self.kernel_size // 2, groups=b)
         return out.reshape(b, num_classes, h, w)

@@ -17,6 +17,8 @@ feature vector per position).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -56,25 +58,56 @@ class DownScale(nn.Sequential):
         super().__init__(ConvBlock(channels, channels, stride=2))
 
 
+def _frequencies(n: int, device=None) -> torch.Tensor:
+    """The DFT bin frequencies of an ``n``-point axis in cycles per pixel, ``torch.fft.fftfreq`` order
+    (0, 1/n, ..., then the negative ones), from ``arange`` so that a traced or exported graph holds no
+    ``fftfreq``."""
+    k = torch.arange(n, device=device, dtype=torch.float32)
+    return torch.where(k < (n + 1) // 2, k, k - n) / n
+
+
 def high_pass_mask(height: int, width: int, cutoff: float, device=None) -> torch.Tensor:
-    """(H, W) boolean mask of the FFT bins (``torch.fft.fft2`` order) that an ideal high-pass keeps.
+    """(H, W) boolean mask of the DFT bins (``torch.fft.fft2`` order) that an ideal high-pass keeps.
 
     A bin is kept when its radial frequency, measured in units of the Nyquist frequency
     (0.5 cycles/pixel on each axis), is at least ``cutoff``: 0 keeps everything, 1 keeps only the
     corners beyond Nyquist on both axes' radius. The cut-off is thus relative to the grid's resolution.
     """
-    fy = torch.fft.fftfreq(height, device=device).abs() / 0.5
-    fx = torch.fft.fftfreq(width, device=device).abs() / 0.5
+    fy = _frequencies(height, device).abs() / 0.5
+    fx = _frequencies(width, device).abs() / 0.5
     radius = torch.sqrt(fy[:, None] ** 2 + fx[None, :] ** 2)
     return radius >= cutoff
 
 
+def _dft(n: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Real and imaginary parts (cos, -sin) of the orthonormal ``n``-point DFT matrix (symmetric)."""
+    k = torch.arange(n, device=device, dtype=torch.float32)
+    angle = 2 * math.pi * torch.outer(k, k) / n
+    return torch.cos(angle) / math.sqrt(n), -torch.sin(angle) / math.sqrt(n)
+
+
 def high_pass(x: torch.Tensor, cutoff: float) -> torch.Tensor:
-    """Ideal high-pass of the last two (spatial) axes of ``x`` by FFT, in float32; returns the real part."""
+    """Ideal high-pass of the last two (spatial) axes of ``x``: ``IDFT(mask * DFT(x))``, real part, float32.
+
+    The 2-D DFT is written as products with the real and imaginary parts of the DFT matrices, the same
+    numbers as ``torch.fft.fft2(..., norm="ortho")``: real matrix products only, so the module traces and
+    exports to ONNX (which has no complex FFT); the feature maps it filters are small (F^f, 36x36 for a
+    ViT-H at 256x256).
+    """
     dtype = x.dtype
-    spectrum = torch.fft.fft2(x.float(), norm="ortho")
-    mask = high_pass_mask(x.shape[-2], x.shape[-1], cutoff, device=x.device)
-    return torch.fft.ifft2(spectrum * mask, norm="ortho").real.to(dtype)
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        x = x.float()
+        h, w = x.shape[-2:]
+        ah, bh = _dft(h, x.device)
+        aw, bw = _dft(w, x.device)
+        mask = high_pass_mask(h, w, cutoff, device=x.device).to(x.dtype)
+        # X = F_H x F_W (F = A + iB), kept at the high-pass bins
+        real = mask * (ah @ x @ aw - bh @ x @ bw)
+        imag = mask * (ah @ x @ bw + bh @ x @ aw)
+        # x' = Re(conj(F_H) X conj(F_W))
+        z_real = ah @ real + bh @ imag
+        z_imag = ah @ imag - bh @ real
+        return (z_real @ aw + z_imag @ bw).to(dtype)
 
 
 class HighFrequencyModule(nn.Module):

@@ -79,7 +79,7 @@ def find_fold(root: str | Path, fold: int) -> dict[str, Path]:
     """The paths of ``images.npy``, ``masks.npy``, ``types.npy`` of one fold; a DatasetError naming the missing file."""
     root = Path(root)
     if not root.is_dir():
-        raise DatasetError(root, "PanNuke folder does not exist")
+        raise DatasetError(root, "PanNuke folder does not exist (set --dataset_dir to the folder the dataset was unpacked into)")
     candidates = fold_candidates(root, fold)
     for files in candidates:
         present = [n for n in FILES if files[n].is_file()]

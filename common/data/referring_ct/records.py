@@ -39,7 +39,8 @@ def referring_datalist(dataset_dir: str | Path, split: str) -> list[dict]:
     if path.is_dir():
         path = path / f"{split}.jsonl"
     if not path.is_file():
-        raise DatasetError(path, f"no {split} split: expected a JSONL file of referring records")
+        raise DatasetError(path, f"no {split} split: expected a JSONL file of referring records (set --dataset_dir "
+                                 "to the folder scripts/build_referring_ct.py wrote)")
     records = []
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():

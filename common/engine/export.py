@@ -1,0 +1,127 @@
+"""Exported models: TorchScript and ONNX files of a bundle's network, checked against the eager network, and
+read back as networks that ``inferring`` runs in place of a checkpoint.
+
+Both files carry the checkpoint's description (bundle, network settings, input size, tokenizer): TorchScript
+as the extra file ``description.json`` (with the bundle's metadata, MONAI's ``save_net_with_metadata``), ONNX
+in its ``metadata_props``. The inputs are the network's own: ``image`` (B, C, H, W) and, for text-guided
+bundles, ``text_ids`` and ``text_mask`` (B, L) int64 from the tokenizer saved beside the file; the output is
+``pred``, the logits. The frozen text encoder's cache is bypassed while tracing or exporting, so the files
+read the text they are given.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+EXPORT_SUFFIXES = (".ts", ".onnx")
+
+
+def example_inputs(description: Mapping, tokenizer: str | None, batch: int = 1, seed: int = 0,
+                   texts: Sequence[str] | None = None) -> tuple[torch.Tensor, ...]:
+    """Inputs of the described network: a random image of the trained size, and tokenised texts."""
+    settings = description.get("settings", {})
+    size = int(settings.get("image_size", 224))
+    g = torch.Generator().manual_seed(seed)
+    image = torch.randn(batch, 3, size, size, generator=g)
+    text = settings.get("text")
+    if not text:
+        return (image,)
+    from transforms.text import TokenizeTextd
+
+    texts = list(texts or ["one small lesion, located in top left of the image"] * batch)
+    ids, mask = TokenizeTextd(tokenizer=tokenizer or text["tokenizer"], max_length=text["max_length"],
+                              trust_remote_code=text.get("trust_remote_code", False)).tokenize(texts)
+    return image, ids, mask
+
+
+def input_names(inputs: Sequence[torch.Tensor]) -> list[str]:
+    return ["image", "text_ids", "text_mask"][: len(inputs)]
+
+
+def to_torchscript(network: nn.Module, inputs: Sequence[torch.Tensor], path: Path, description: Mapping,
+                   metadata: Mapping | None = None) -> Path:
+    from monai.data import save_net_with_metadata
+
+    with torch.no_grad():
+        traced = torch.jit.trace(network.eval(), tuple(inputs), check_trace=False)
+    save_net_with_metadata(traced, str(path.with_suffix("")), include_config_vals=False, append_timestamp=False,
+                           meta_values=dict(metadata or {}),
+                           more_extra_files={"description.json": json.dumps(description).encode()})
+    return path
+
+
+def to_onnx(network: nn.Module, inputs: Sequence[torch.Tensor], path: Path, description: Mapping,
+            opset: int = 17) -> Path:
+    import onnx
+
+    from common.evaluation.cost import attention_fast_path
+
+    names = input_names(inputs)
+    with torch.no_grad(), attention_fast_path(False):  # the fused kernel has no ONNX form
+        torch.onnx.export(network.eval(), tuple(inputs), str(path), input_names=names, output_names=["pred"],
+                          dynamic_axes={n: {0: "batch"} for n in [*names, "pred"]}, opset_version=opset,
+                          dynamo=False)
+    model = onnx.load(str(path))
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "description", json.dumps(description)
+    onnx.save(model, str(path))
+    return path
+
+
+class OnnxNetwork(nn.Module):
+    """An ONNX file run by onnxruntime, called like the network it was exported from (tensors in and out)."""
+
+    def __init__(self, path: str | Path):
+        super().__init__()
+        import onnxruntime
+
+        self.path = str(path)
+        self.session = onnxruntime.InferenceSession(self.path, providers=onnxruntime.get_available_providers())
+        self.names = [i.name for i in self.session.get_inputs()]
+
+    def forward(self, *inputs: torch.Tensor, **named: torch.Tensor) -> torch.Tensor:
+        feeds = dict(zip(self.names, inputs))
+        feeds.update(named)
+        device = next(iter(feeds.values())).device
+        arrays = {k: np.ascontiguousarray(v.detach().cpu().numpy()) for k, v in feeds.items() if k in self.names}
+        return torch.from_numpy(self.session.run(["pred"], arrays)[0]).to(device)
+
+
+def read_exported(path: str | Path) -> tuple[nn.Module, dict]:
+    """``(network, description)`` of a ``.ts`` or ``.onnx`` file written by :func:`to_torchscript` / :func:`to_onnx`."""
+    path = Path(path)
+    if path.suffix == ".ts":
+        from monai.data import load_net_with_metadata
+
+        network, _, extra = load_net_with_metadata(str(path), map_location="cpu", more_extra_files=("description.json",))
+        return network.eval(), json.loads(extra["description.json"])
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    if "description" not in props:
+        raise ValueError(f"{path}: no description in its metadata (export it with scripts/export.py)")
+    return OnnxNetwork(path), json.loads(props["description"])
+
+
+def max_difference(a: nn.Module, b: nn.Module, inputs: Sequence[torch.Tensor]) -> float:
+    with torch.no_grad():
+        return float((a(*inputs) - b(*inputs)).abs().max())
+
+
+def latency_ms(network: nn.Module, inputs: Sequence[torch.Tensor], repeats: int = 10, warmup: int = 5) -> float:
+    """Mean wall time of one forward (batch of ``inputs``), after ``warmup`` calls (TorchScript's profiling
+    executor optimises the graph during its first calls)."""
+    with torch.no_grad():
+        for _ in range(warmup):
+            network(*inputs)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            network(*inputs)
+    return 1000 * (time.perf_counter() - start) / repeats
