@@ -125,3 +125,32 @@ def test_inference_config_holds_no_architecture_and_metadata_is_complete():
         assert key in meta, key
     assert meta["version"] in meta["changelog"]
     assert meta["network_data_format"]["outputs"]["pred"]["num_channels"] == 6
+
+
+def test_trains_and_evaluates_from_a_png_datalist(data, tmp_path):
+    """`dataset_format: datalist`: RGB patches and class-map PNGs (0 background, 1..5 the cell classes)
+    listed in train/val/test.json; an optional `organ` field groups the per-organ table."""
+    from common.data.pannuke.reader import pannuke_datalist
+    from transforms.pannuke import LoadPanNukePatchd
+
+    root = tmp_path / "pngs"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    for split, folds in (("train", [1]), ("val", [2]), ("test", [3])):
+        rows = []
+        for record in pannuke_datalist(data, split, {"train": [1], "val": [2], "test": [3]}):
+            patch = LoadPanNukePatchd()(record)
+            name = record["name"]
+            Image.fromarray(patch["image"].numpy().transpose(1, 2, 0).astype(np.uint8)).save(root / "images" / f"{name}.png")
+            Image.fromarray(patch["label"].numpy()[0].astype(np.uint8)).save(root / "labels" / f"{name}.png")
+            rows.append({"image": f"images/{name}.png", "label": f"labels/{name}.png", "organ": record["organ"]})
+        (root / f"{split}.json").write_text(json.dumps(rows))
+    out = tmp_path / "out"
+    bundle(*train_args("monch", root, out, "--batch_size", "2", "--dataset_format", "datalist", *MODEL))
+    assert (out / "models" / "model.pt").is_file()
+    bundle(*eval_args("monch", root, out, "--dataset_format", "datalist", "--num_overlays", "0"))
+    summary = json.loads((out / "eval" / "summary.json").read_text())
+    assert np.asarray(summary["confusion_matrix"]).sum() == 4 * 32 * 32
+    organs = {r["organ"] for r in json.loads((root / "test.json").read_text())}
+    rows = (out / "eval" / "per_organ.csv").read_text().splitlines()
+    assert {r.split(",")[0] for r in rows[1:]} == organs | {"Average", "STD"}

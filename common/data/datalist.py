@@ -121,6 +121,7 @@ def build_datalist(
     text_file: str | Path | None = None,
     check_files: bool = True,
     limit: int | None = None,
+    text: bool = True,
 ) -> list[dict]:
     """The records of one split of a dataset (see the module doc for formats and layouts).
 
@@ -134,6 +135,7 @@ def build_datalist(
         text_file: override the text/prompt file.
         check_files: open every image/mask header (readability, size match).
         limit: keep the first ``limit`` records (quick runs).
+        text: records need a text (False for image-only bundles reading a ``datalist``).
     """
     if dataset_format not in FORMATS:
         raise ValueError(f"dataset_format must be one of {FORMATS}, got {dataset_format!r}")
@@ -152,7 +154,7 @@ def build_datalist(
             if found is None:
                 raise DatasetError(path, f"no {split}.json / {split}.jsonl / {split}.csv datalist")
             path = found
-        records = file_datalist(path, required=("image", "label", "text"))
+        records = file_datalist(path, required=("image", "label", "text") if text else ("image", "label"))
     if limit:
         records = records[: int(limit)]
     if check_files:

@@ -46,3 +46,25 @@ class DecodeClassesd(MapTransform):
             onehot = torch.nn.functional.one_hot(classes, logits.shape[-3]).movedim(-1, -3).to(torch.float32)
             d[key] = type(logits)(onehot, meta=logits.meta) if hasattr(logits, "meta") else onehot
         return d
+
+
+@configurable
+class ClassMapd(MapTransform):
+    """``pred`` (K, h, w) logits -> (1, H, W) uint8 class map at the input image's size (``size_key``: the
+    record's original (H, W)), decoded by :func:`decode_classes`: inference's post-processing."""
+
+    def __init__(self, keys: KeysCollection = "pred", include_background: bool = True, threshold: float = 0.5,
+                 size_key: str = "orig_size", allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.include_background, self.threshold, self.size_key = include_background, threshold, size_key
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            logits = torch.as_tensor(d[key]).detach().float()
+            if self.size_key in d:
+                size = tuple(int(s) for s in torch.as_tensor(d[self.size_key]).tolist())
+                logits = torch.nn.functional.interpolate(logits[None], size=size, mode="bilinear",
+                                                         align_corners=False)[0]
+            d[key] = decode_classes(logits, self.include_background, self.threshold)[None].to(torch.uint8)
+        return d

@@ -9,14 +9,12 @@ from typing import Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from common.core.errors import DatasetError
 from common.data.pannuke.reader import CLASS_COLORS, CLASS_NAMES
 from common.engine.inference import output_name
 from common.networks.clip_encoders import CLIP_MEAN, CLIP_STD
 
-from .decode import decode_classes
 
 logger = logging.getLogger(__name__)
 
@@ -97,14 +95,12 @@ class LoadPatchd:
 
 class ClassMapWriter:
     """Handler: per image, ``<name>_classes.png`` (uint8 class indices 0..K-1 at the input's size) and
-    ``<name>_overlay.png`` (input | prediction in the paper's colours, with a legend). Classes are
-    decoded as :func:`scripts.decode.decode_classes` says (``include_background``: whether the model's
-    background map was trained)."""
+    ``<name>_overlay.png`` (input | prediction in the paper's colours, with a legend). ``pred`` is the
+    class map inference's post-processing made (:class:`scripts.decode.ClassMapd`)."""
 
     def __init__(self, output_dir: str, class_names: Sequence[str] = CLASS_NAMES,
-                 colors: Mapping[int, Sequence[int]] = CLASS_COLORS, include_background: bool = True):
+                 colors: Mapping[int, Sequence[int]] = CLASS_COLORS):
         self.output_dir = Path(output_dir)
-        self.include_background = include_background
         self.class_names, self.colors = list(class_names), dict(colors)
         self.written: list[dict] = []
         self._names: set[str] = set()
@@ -122,10 +118,7 @@ class ClassMapWriter:
 
         self.output_dir.mkdir(parents=True, exist_ok=True)
         for record, item in zip(engine.state.batch, engine.state.output):
-            logits = torch.as_tensor(item["pred"]).detach().float()
-            size = tuple(int(s) for s in record["orig_size"])
-            logits = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)[0]
-            classes = decode_classes(logits, self.include_background).cpu().numpy().astype(np.uint8)
+            classes = torch.as_tensor(item["pred"]).detach().cpu().numpy().astype(np.uint8)[0]
             name = output_name(record, str(record.get("source", "")), self._names)
             class_path = self.output_dir / f"{name}_classes.png"
             Image.fromarray(classes).save(class_path)
