@@ -7,8 +7,8 @@
 
 The zip holds ``<bundle>/`` as ``monai.bundle download`` / ``load`` and the zoo expect it:
 
-* ``configs/*.json``, written from the YAML sources (``train``, ``evaluate``, ``inference``,
-  ``multi_gpu_train``, ``demo``), ``metadata.json``, ``logging.conf``;
+* ``configs/*.json``, written from every YAML source (``train``, ``evaluate``, ``inference``,
+  ``multi_gpu_train``, ``finetune``, ``monailabel``, ``demo``), ``metadata.json``, ``logging.conf``;
 * ``scripts/``: the bundle's code, plus the shared code it imports, vendored as ``scripts.tgseg.common``
   and ``scripts.tgseg.transforms`` (only the modules it reaches; imports rewritten), so the unpacked
   bundle runs with nothing of this repository and puts no generic top-level name on the path;
@@ -44,7 +44,6 @@ VENDOR = "scripts.tgseg"
 SHARED = ("common", "transforms")  # the repository's shared packages
 # packages that metadata.json names in keys of their own
 CORE = {"torch": "pytorch_version", "monai": "monai_version", "numpy": "numpy_version"}
-CONFIGS = ("train", "evaluate", "inference", "multi_gpu_train", "demo")
 CONFIG_EXTRAS = {"TensorBoardStatsHandler": "tensorboard"}
 
 
@@ -222,11 +221,9 @@ def stage(bundle: str, target: Path, model: str | None = None, max_zip_mb: float
     shutil.copytree(folder, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "models", "configs"))
     (target / "__init__.py").unlink(missing_ok=True)  # the repository's test imports need it, a bundle does not
     (target / "configs").mkdir()
-    for name in CONFIGS:
-        source = folder / "configs" / f"{name}.yaml"
-        if source.is_file():
-            config = vendor_config(yaml.safe_load(source.read_text()))
-            (target / "configs" / f"{name}.json").write_text(json.dumps(config, indent=2) + "\n")
+    for source in sorted((folder / "configs").glob("*.yaml")):
+        config = vendor_config(yaml.safe_load(source.read_text()))
+        (target / "configs" / f"{source.stem}.json").write_text(json.dumps(config, indent=2) + "\n")
     shutil.copy(folder / "configs" / "logging.conf", target / "configs" / "logging.conf")
     for path in (target / "scripts").rglob("*.py"):
         path.write_text(vendor_python(path.read_text()))

@@ -81,3 +81,26 @@ def test_metrics_are_declared_once(bundle):
     config = yaml.safe_load((ROOT / "bundles" / bundle / "configs" / "train.yaml").read_text())
     for key in ("train_metrics", "val_metrics", "extra_val_metrics"):
         assert all(isinstance(v, str) and v.startswith("%") for v in config[key].values()), key
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_finetuning_and_evaluation_take_the_same_settings_from_the_checkpoint(bundle):
+    """finetune.yaml and evaluate.yaml both rebuild the trained network and its input settings from a
+    checkpoint: the same ids with the same expressions, and every setting the checkpoint records."""
+    folder = ROOT / "bundles" / bundle / "configs"
+    finetune = yaml.safe_load((folder / "finetune.yaml").read_text())
+    evaluate = yaml.safe_load((folder / "evaluate.yaml").read_text())
+    from_checkpoint = {k for k, v in evaluate.items() if isinstance(v, str) and "@trained." in v and "#" not in k}
+    from_checkpoint -= {"text_modes"}  # evaluation's own choice
+    assert from_checkpoint and {k: finetune.get(k) for k in from_checkpoint} == {k: evaluate[k] for k in from_checkpoint}
+    train = yaml.safe_load((folder / "train.yaml").read_text())
+    settings = {v[1:] for v in _flat(train["model_settings"]) if isinstance(v, str) and v.startswith("@")}
+    assert settings <= set(finetune), f"finetune.yaml leaves {settings - set(finetune)} to train.yaml"
+
+
+def _flat(node):
+    if isinstance(node, dict):
+        for v in node.values():
+            yield from _flat(v)
+    else:
+        yield node

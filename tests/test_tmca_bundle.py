@@ -64,6 +64,25 @@ def test_a_fresh_run_does_not_replace_another_runs_model(data, trained):
     assert "--resume true" in proc.stderr and "--overwrite true" in proc.stderr
 
 
+def test_finetuning_starts_from_the_checkpoint_and_keeps_its_network(data, trained, tmp_path):
+    """finetune.yaml: the network, weights and input settings come from --checkpoint, not from train.yaml."""
+    out = tmp_path / "tuned"
+    args = ["training", "--config_file", configs("tmca", "finetune"), "--checkpoint", str(trained / "models" / "model.pt"),
+            "--dataset_dir", str(data), "--output_dir", str(out), "--epochs", "1", "--batch_size", "4", "--limit", "4",
+            "--num_workers", "0", "--progress_bar", "false", "--learning_rate", "0.0"]
+    bundle(*args)
+    before = torch.load(trained / "models" / "model.pt", map_location="cpu", weights_only=True)
+    after = torch.load(out / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert after["description"]["network"] == before["description"]["network"]
+    assert after["description"]["settings"] == before["description"]["settings"]  # 64 px, 24 tokens: not the demo's 128
+    # learning rate 0: the weights are the checkpoint's (a fresh network would differ everywhere)
+    assert after["model"].keys() == before["model"].keys()
+    moved = {k for k in before["model"] if not torch.equal(after["model"][k], before["model"][k])}
+    assert moved and all(k.rsplit(".", 1)[-1] in ("running_mean", "running_var", "num_batches_tracked") for k in moved)
+    refused = bundle(*args[:-2], "--image_encoder", "convnext_tiny", check=False)
+    assert refused.returncode != 0 and "--image_encoder" in refused.stderr and "checkpoint" in refused.stderr
+
+
 def test_seeded_runs_repeat_exactly(data, trained, tmp_path):
     bundle(*train_args("tmca", data, tmp_path / "again"))
     a = torch.load(trained / "models" / "checkpoint_epoch=1.pt", map_location="cpu", weights_only=True)["model"]

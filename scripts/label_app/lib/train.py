@@ -1,0 +1,200 @@
+"""The training task: MONAI Label's ``/train`` fine-tunes the served model on the datastore.
+
+What changes from the stock ``BundleTrainTask``, and why:
+
+* the datalist: the stock task keeps only ``image`` and ``label`` of each labelled image; these bundles need
+  the text (and LSMS a slice and lesion id). Records come from :func:`lib.serving.training_records`
+  (the datastore's image info, else ``<studies>/texts.json``); images without what the bundle needs are
+  left out and named in the log.
+* the configs: ``train`` + ``finetune`` (network, weights and input settings from the served
+  ``models/model.pt``) + ``monailabel`` (the datastore's record format), with the records set as the
+  top-level ``train_datalist`` / ``val_datalist`` ids, which every expression of the bundle (batching,
+  the text budget, ``multi_gpu_train``'s partition per rank) reads. The stock task sets only
+  ``train#dataset#data``, and the bundle went on building its own datalist.
+* the epochs: ``epochs`` (the learning-rate schedule follows), not only the trainer's ``max_epochs``.
+* where the model goes: the run writes into ``<bundle>/runs/monailabel`` (its checkpoints, logs and
+  TensorBoard events); the served ``models/model.pt`` is replaced only when the run has finished and
+  its model loads, in one rename, so inference never sees a half-written or missing model (it reloads
+  the new one on its next request).
+* several GPUs: ``torchrun`` with ``multi_gpu_train`` merged too, and the merged settings written into the
+  run folder, not into the bundle's ``configs/``; a failed run is an error, not a log line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Dict
+
+import torch
+from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
+from monailabel.tasks.train.bundle import BundleTrainTask
+from monailabel.utils.others.generic import name_to_device
+
+from common.core.describe import bundle_scripts
+
+from .serving import Serving, read_texts, training_records
+
+logger = logging.getLogger(__name__)
+
+RUN_FOLDER = ("runs", "monailabel")
+
+
+def _config(bundle: Path, name: str) -> str | None:
+    for ext in ("yaml", "json"):
+        path = bundle / "configs" / f"{name}.{ext}"
+        if path.is_file():
+            return str(path)
+    return None
+
+
+def _flag(value) -> bool:
+    return value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes")
+
+
+class FinetuneBundleTrainTask(BundleTrainTask):
+    """Fine-tune the model one :class:`lib.infer.TextBundleInferTask` serves, on the app's datastore."""
+
+    def __init__(self, serving: Serving, conf: Dict[str, str], studies: str, texts_file: str):
+        self.serving = serving
+        self.studies, self.texts_file = studies, texts_file
+        with bundle_scripts(serving.bundle):
+            super().__init__(str(serving.bundle), conf)
+        self._description = f"fine-tunes the served {serving.name} model on the datastore's labelled images"
+
+    def info(self) -> Dict[str, Any]:
+        info = super().info()
+        info["description"] = self._description
+        return info
+
+    def config(self) -> Dict[str, Any]:
+        config = super().config()
+        for unused in ("tracking", "tracking_uri", "tracking_experiment_name", "run_id", "model_filename"):
+            config.pop(unused, None)  # this task logs to TensorBoard in its run folder and fine-tunes models/model.pt
+        get = self.bundle_config.get
+        config.update(max_epochs=10, multi_gpu=torch.cuda.device_count() > 1, val_split=0.2,
+                      learning_rate=float(get("learning_rate", 1e-4)), batch_size=int(get("batch_size", 8)))
+        return config
+
+    # ---------------------------------------------------------------------------------------------
+    def run_folder(self) -> Path:
+        return self.serving.bundle.joinpath(*RUN_FOLDER)
+
+    def datalist(self, datastore: Datastore) -> tuple[list[dict], dict[str, str]]:
+        labelled = [(image_id, datastore.get_image_uri(image_id), datastore.get_label_uri(image_id, DefaultLabelTag.FINAL),
+                     datastore.get_image_info(image_id))
+                    for image_id in datastore.get_labeled_images(DefaultLabelTag.FINAL)]
+        records, left_out = training_records(labelled, read_texts(self.studies, self.texts_file), self.serving)
+        for image_id, why in left_out.items():
+            logger.warning("%s: %s is left out of training: %s", self.serving.name, image_id, why)
+        if not labelled:
+            raise ValueError(f"{self.serving.name}: the datastore {self.studies} has no labelled image (label tag "
+                             f"'{DefaultLabelTag.FINAL.value}'): save final labels first")
+        if not records:
+            reasons = "; ".join(f"{k}: {v}" for k, v in list(left_out.items())[:5])
+            raise ValueError(f"{self.serving.name}: none of the {len(labelled)} labelled image(s) can be trained on "
+                             f"({reasons}). Store their records in the image info (PUT /datastore/image/info) or in "
+                             f"{os.path.join(self.studies, self.texts_file)}.")
+        return records, left_out
+
+    def overrides(self, request: Dict[str, Any], train: list, val: list) -> Dict[str, Any]:
+        """The ids the request sets over train + finetune + monailabel configs."""
+        out = {
+            "bundle_root": str(self.serving.bundle),
+            "train_datalist": train,
+            "val_datalist": val,
+            "epochs": int(request.get("max_epochs", 10)),
+            "output_dir": str(self.run_folder()),
+            "overwrite": True,  # the previous /train run of this bundle (the served model lives elsewhere)
+            "resume": False,
+            "progress_bar": False,
+            "num_workers": int(request.get("num_workers", 0)),
+            "cache_rate": 1.0,
+            "check_files": True,
+        }
+        for key, cast in (("learning_rate", float), ("batch_size", int)):
+            if request.get(key) not in (None, ""):
+                out[key] = cast(request[key])
+        if self._pretrained(request):
+            out["checkpoint"] = str(self.served_model())
+        return out
+
+    def served_model(self) -> Path:
+        return self.serving.bundle / "models" / "model.pt"
+
+    @staticmethod
+    def _pretrained(request) -> bool:
+        return _flag(request.get("pretrained", True))
+
+    def config_files(self, request, multi_gpu: bool) -> list[str]:
+        names = ["train", *(["multi_gpu_train"] if multi_gpu else []),
+                 *(["finetune"] if self._pretrained(request) else []), "monailabel"]
+        files = [_config(self.serving.bundle, n) for n in names]
+        missing = [n for n, f in zip(names, files) if f is None]
+        if missing:
+            raise FileNotFoundError(f"{self.serving.bundle}/configs has no {missing} (.yaml or .json)")
+        return files
+
+    # ---------------------------------------------------------------------------------------------
+    def __call__(self, request, datastore: Datastore):
+        logger.info("%s: train request %s", self.serving.name, request)
+        records, left_out = self.datalist(datastore)
+        train, val = self._partition_datalist(records, request)
+        val = list(val or [])  # None (use the bundle's own validation data) has no meaning here: no validation
+        # MONAI Label has already narrowed CUDA_VISIBLE_DEVICES to the request's "gpus"
+        gpus = torch.cuda.device_count()
+        multi_gpu = _flag(request.get("force_multi_gpu")) or (_flag(request.get("multi_gpu")) and gpus > 1)
+        # without CUDA, force_multi_gpu runs `processes` CPU processes (gloo): the same path, checkable anywhere
+        processes = gpus if gpus >= 1 else int(request.get("processes", 2))
+        overrides = self.overrides(request, train, val)
+        files = self.config_files(request, multi_gpu)
+        run = self.run_folder()
+        run.mkdir(parents=True, exist_ok=True)
+        logger.info("%s: %d training and %d validation records; configs %s; run folder %s", self.serving.name,
+                    len(train), len(val), [Path(f).name for f in files], run)
+        if multi_gpu:
+            self._run_torchrun(files, overrides, processes)
+        else:
+            overrides["device"] = str(name_to_device(request.get("device", "cuda")))
+            with bundle_scripts(self.serving.bundle):
+                import monai.bundle
+
+                monai.bundle.run("training", config_file=files, meta_file=self.bundle_metadata_path, **overrides)
+        served = self._promote(run / "models" / "model.pt")
+        result = {"model": str(served), "train_records": len(train), "val_records": len(val),
+                  "left_out": left_out, "run_folder": str(run)}
+        logger.info("%s: training finished: %s", self.serving.name, json.dumps(result))
+        return result
+
+    def _run_torchrun(self, files: list[str], overrides: Dict[str, Any], processes: int) -> None:
+        settings = self.run_folder() / "monailabel_request.json"  # in the run folder: the bundle stays as shipped
+        settings.write_text(json.dumps(overrides, indent=1))
+        files = [*files, str(settings)]
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(self.serving.bundle), env.get("PYTHONPATH", "")])
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
+               f"--nproc_per_node={processes}", "-m", "monai.bundle", "run", "training",
+               "--meta_file", self.bundle_metadata_path, "--config_file", json.dumps(files)]
+        logger.info("%s: %s", self.serving.name, " ".join(cmd))
+        proc = subprocess.run(cmd, env=env, cwd=str(self.run_folder()), stdout=sys.stdout, stderr=subprocess.STDOUT)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{self.serving.name}: multi-GPU training failed (exit {proc.returncode}); "
+                               f"the served model is unchanged. Command: {' '.join(cmd)}")
+
+    def _promote(self, trained: Path) -> Path:
+        """Replace the served model with the run's, in one rename, once it loads."""
+        from common.engine.checkpoints import load_model
+
+        if not trained.is_file():
+            raise RuntimeError(f"{self.serving.name}: training wrote no {trained}; the served model is unchanged")
+        with bundle_scripts(self.serving.bundle):
+            load_model(str(trained), str(self.serving.bundle))  # refuses another bundle's or a broken file
+        served = self.served_model()
+        staged = served.with_name(".model.pt.incoming")
+        staged.write_bytes(trained.read_bytes())
+        os.replace(staged, served)
+        return served
