@@ -328,3 +328,26 @@ def test_a_pannuke_fold_with_the_wrong_channel_count(tmp_path):
     np.save(_fold(root, "masks.npy"), masks[..., :4])
     with pytest.raises(DatasetError, match=r"masks.npy: masks have 4 channels; PanNuke has 6"):
         pannuke_datalist(root, "train")
+
+
+def test_ddp_ranks_checking_the_same_output_folder_at_once_do_not_trip_each_other(tmp_path):
+    """Every rank checks that the checkpoint folder is writable; with one shared probe file name one rank
+    removed the other's probe and stopped with 'cannot write checkpoints here' (a flaky two-process run)."""
+    import threading
+
+    from common.engine.checkpoints import _check_writable
+
+    errors = []
+
+    def check():
+        for _ in range(300):
+            try:
+                _check_writable(str(tmp_path / "models"))
+            except Exception as err:  # noqa: BLE001 - what the rank would have died of
+                errors.append(err)
+
+    threads = [threading.Thread(target=check) for _ in range(4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert not errors, errors[0]
+    assert not list((tmp_path / "models").iterdir())  # no probe left behind

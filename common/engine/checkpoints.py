@@ -3,12 +3,13 @@
 A bundle checkpoint is a ``torch.save`` of plain values and tensors, loaded with ``weights_only=True``
 (a checkpoint from a stranger runs no code)::
 
-    {"model": state_dict,          # the weights; frozen pretrained parts may be left out (``excluded``)
+    {"model": state_dict,          # the weights; the frozen weights of pretrained parts may be left out
      "description": {
          "format": 1, "bundle": "tmca", "version": "0.2.0",
          "network": {"_target_": "scripts.network.TMCA", ...},    # plain values (common.core.describe)
          "settings": {"image_size": 224, "text": {"tokenizer": ..., "max_length": 24}, ...},
-         "excluded": [],            # state-dict prefixes of parts that load from their pretrained source
+         "excluded": [],            # prefixes of pretrained parts whose frozen weights load from their source
+                                    # (trainable weights inside them, LoRA or adapters, are kept)
          "training": {"epoch": 12, "metrics": {"val_dice": 0.91}}},
      "optimizer": ..., "lr_scheduler": ..., "trainer": ..., "best_model": ...}   # epoch checkpoints only
 
@@ -27,6 +28,7 @@ import json
 import logging
 import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -69,14 +71,27 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+def trainable_names(network: torch.nn.Module) -> set[str]:
+    return {n for n, p in unwrap(network).named_parameters() if p.requires_grad}
+
+
+def is_excluded(key: str, excluded: Sequence[str], trainable: set[str]) -> bool:
+    """A state-dict key left out of checkpoints: under an ``excluded`` prefix and not a trainable parameter
+    (a frozen pretrained weight or buffer; LoRA and adapters inside a frozen encoder stay in)."""
+    return bool(excluded) and key.startswith(tuple(excluded)) and key not in trainable
+
+
 class ModelWeights:
-    """The ``model`` entry of a checkpoint: the network's state dict without the ``excluded`` prefixes."""
+    """The ``model`` entry of a checkpoint: the network's state dict without the frozen weights of the
+    ``excluded`` parts (:func:`is_excluded`)."""
 
     def __init__(self, network: torch.nn.Module, excluded: Sequence[str] = ()):
         self.network, self.excluded = network, tuple(excluded)
 
     def state_dict(self) -> dict:
-        return {k: v for k, v in unwrap(self.network).state_dict().items() if not k.startswith(self.excluded)}
+        trainable = trainable_names(self.network)
+        return {k: v for k, v in unwrap(self.network).state_dict().items()
+                if not is_excluded(k, self.excluded, trainable)}
 
     def load_state_dict(self, state: Mapping, path: str | Path | None = None) -> None:
         load_weights(unwrap(self.network), state, self.excluded, path)
@@ -105,9 +120,10 @@ class ModelDescription:
         self.weights = ModelWeights(network, self.excluded_prefixes())
 
     def frozen_pretrained_parts(self) -> list[tuple[str, torch.nn.Module]]:
-        """``(state-dict prefix, module)`` of frozen submodules built from a pretrained source."""
+        """``(state-dict prefix, module)`` of the parts built from a pretrained source that hold frozen
+        weights (a frozen text encoder; SAM2's trunk with LoRA inside; LLaVA's base)."""
         net = unwrap(self.network)
-        if hasattr(net, "pretrained_parts"):  # a network that knows better (LTSE: LoRA inside a frozen base)
+        if hasattr(net, "pretrained_parts"):  # a network that knows better
             names = {id(m): n for n, m in net.named_modules()}
             return [(names[id(m)] + ".", m) for m in net.pretrained_parts()]
         parts = []
@@ -115,8 +131,10 @@ class ModelDescription:
             if not name or any(name.startswith(p) for p, _ in parts):
                 continue
             pretrained = getattr(type(module), "_pretrained_arguments", None)
-            params = list(module.parameters())
-            if pretrained and params and not any(p.requires_grad for p in params):
+            built_with = getattr(module, "_configured_with", {})
+            from_source = any(built_with.get(arg) not in (None, offline) for arg, offline in (pretrained or {}).items())
+            # a part with random weights (no source named) has nothing to reload them from: it stays in
+            if pretrained and from_source and any(not p.requires_grad for p in module.parameters()):
                 parts.append((name + ".", module))
         return parts
 
@@ -180,7 +198,8 @@ def load_weights(network: torch.nn.Module, state: Mapping, excluded: Sequence[st
     """Load a state dict; keys under ``excluded`` may be missing (they came from a pretrained source).
     A mismatch is one line naming a few keys, not a several-hundred-line dump."""
     result = network.load_state_dict(dict(state), strict=False)
-    missing = [k for k in result.missing_keys if not k.startswith(tuple(excluded))]
+    trainable = trainable_names(network)
+    missing = [k for k in result.missing_keys if not is_excluded(k, tuple(excluded), trainable)]
     unexpected = list(result.unexpected_keys)
     if missing or unexpected:
         shown = ", ".join(missing[:3]) + (f" (+{len(missing) - 3} more)" if len(missing) > 3 else "")
@@ -419,9 +438,9 @@ def _check_writable(folder: str) -> None:
     """Fail before training, not after the first epoch, when checkpoints cannot be written."""
     try:
         Path(folder).mkdir(parents=True, exist_ok=True)
-        probe = Path(folder) / ".write-test"
-        probe.write_text("")
-        probe.unlink()
+        # a probe of this process's own: DDP ranks check the same folder at the same time
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
     except OSError as err:
         raise CheckpointError(folder, f"cannot write checkpoints here ({type(err).__name__}: {err.strerror or err}); "
                                       "choose another --output_dir") from err

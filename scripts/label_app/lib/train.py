@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -50,6 +51,17 @@ def _config(bundle: Path, name: str) -> str | None:
         if path.is_file():
             return str(path)
     return None
+
+
+def first_failure(output: str, lines: int = 40) -> str:
+    """The end of the first failing rank's traceback in torchrun's output (the others only say that a peer
+    went away), else the output's last lines."""
+    failed = re.search(r"failed \(exitcode: -?\d+\) local_rank: (\d+)", output)
+    if failed:
+        mine = [l for l in output.splitlines() if l.startswith(f"[rank{failed.group(1)}]:")]
+        if mine:
+            return "\n".join(mine[-lines:]) + "\n"
+    return "\n".join(output.splitlines()[-lines:]) + "\n"
 
 
 def _flag(value) -> bool:
@@ -180,10 +192,16 @@ class FinetuneBundleTrainTask(BundleTrainTask):
                f"--nproc_per_node={processes}", "-m", "monai.bundle", "run", "training",
                "--meta_file", self.bundle_metadata_path, "--config_file", json.dumps(files)]
         logger.info("%s: %s", self.serving.name, " ".join(cmd))
-        proc = subprocess.run(cmd, env=env, cwd=str(self.run_folder()), stdout=sys.stdout, stderr=subprocess.STDOUT)
+        log = self.run_folder() / "torchrun.log"
+        with subprocess.Popen(cmd, env=env, cwd=str(self.run_folder()), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, bufsize=1) as proc, open(log, "w") as out:
+            for line in proc.stdout:  # shown as it comes and kept in the run folder
+                sys.stdout.write(line)
+                out.write(line)
         if proc.returncode != 0:
             raise RuntimeError(f"{self.serving.name}: multi-GPU training failed (exit {proc.returncode}); "
-                               f"the served model is unchanged. Command: {' '.join(cmd)}")
+                               f"the served model is unchanged. Command: {' '.join(cmd)}\n"
+                               f"{first_failure(log.read_text())}(whole output: {log})")
 
     def _promote(self, trained: Path) -> Path:
         """Replace the served model with the run's, in one rename, once it loads."""
