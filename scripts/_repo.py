@@ -45,6 +45,9 @@ class BundleConfig:
     def __getitem__(self, key):
         return self.parser[key]
 
+    def __contains__(self, key) -> bool:
+        return key in self.parser
+
     def get_parsed_content(self, key: str, **kwargs):
         from common.core.describe import bundle_scripts
 

@@ -98,6 +98,9 @@ def _batch(cfg, spec: dict, batch_size: int, image_size: int, device: torch.devi
     """Network inputs (a tuple) and the label the bundle's loss expects, on ``device``."""
     g = torch.Generator().manual_seed(0)
     image = torch.randn(batch_size, spec["channels"], image_size, image_size, generator=g)
+    if "example_targets" in cfg:  # a loss with several targets (Co-Seg) says what they look like
+        targets = cfg.get_parsed_content("example_targets")(batch_size, image_size, generator=g)
+        return (image.to(device),), {k: v.to(device) for k, v in targets.items()}
     label = torch.zeros(batch_size, 1, image_size, image_size)
     for i in range(batch_size):
         y, x = torch.randint(0, image_size // 2, (2,), generator=g).tolist()

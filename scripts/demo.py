@@ -62,10 +62,13 @@ def main(bundle: str = "tmca", epochs: int | None = None, dataset_dir: str | Non
     _run(py + ["training", "--config_file", _configs(bundle)] + epochs_arg + common)
     _run(py + ["evaluating", "--config_file", _configs(bundle, "evaluate")] + common)
     overrides = {"dataset_dir": dataset_dir} if dataset_dir else {}
-    record = read_bundle_config(bundle, ["train", "demo"], overrides).get_parsed_content("demo_record")
+    demo = read_bundle_config(bundle, ["train", "demo"], overrides)
+    record = demo.get_parsed_content("demo_record")
+    # settings of inference.yaml the demo's data needs (e.g. Co-Seg's post-processing at its small scale)
+    extra = demo.get_parsed_content("inference_overrides") if "inference_overrides" in demo else {}
     _run(py + ["inferring", "--config_file", f"bundles/{bundle}/configs/inference.yaml",
                "--checkpoint", f"{output_dir}/models/model.pt", "--output_dir", f"{output_dir}/infer",
-               *inference_arguments(record)])
+               *inference_arguments(record), *[a for k, v in extra.items() for a in (f"--{k}", str(v))]])
     out = ROOT / output_dir
     print(f"\nDemo finished in {(time.time() - start) / 60:.1f} min. Outputs:")
     print(f"  evaluation         {out / 'eval'} (tables: *.md and *.csv; overlays/)")

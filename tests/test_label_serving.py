@@ -20,15 +20,19 @@ sys.modules[_spec.name] = serving  # (dataclasses look their module up)
 _spec.loader.exec_module(serving)
 
 
-@pytest.fixture(params=["tmca", "lsms", "monch"])
+@pytest.fixture(params=["tmca", "lsms", "monch", "coseg"])
 def declared(request):
     return serving.read_serving(ROOT / "bundles" / request.param)
 
 
 def test_every_bundle_declares_labels_from_1_and_its_request_fields(declared):
     assert declared.label_names and min(declared.label_names.values()) == 1
-    assert declared.needs_text == (declared.name != "monch")
+    assert declared.needs_text == (declared.name not in ("monch", "coseg"))
     assert declared.takes_slice == (declared.name == "lsms")
+    # Co-Seg answers with its tissue map as the label and the nuclei in the JSON; it is not trained from here
+    assert declared.label_key == ("tissue_map" if declared.name == "coseg" else "pred")
+    assert declared.result_keys == ({"nuclei": "nuclei_features"} if declared.name == "coseg" else {})
+    assert (declared.training is None) == (declared.name != "coseg")
 
 
 def test_a_bad_declaration_names_the_file_and_field(tmp_path):

@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 
 from bundle_runner import bundle, configs, train_args
+from common.data.puma.reader import IMAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 LABEL_VENV = Path(os.environ.get("TGSEG_LABEL_VENV", ROOT / ".venv-label"))
@@ -35,6 +36,8 @@ LABEL_PY = LABEL_VENV / "bin" / "python"
 TINY_CLIP = ["--image_size", "32", "--clip_model", "null", "--clip_model_cfg",
              "$common.networks.clip_encoders.tiny_clip_config(image_size=32, patch_size=8, width=32, layers=1, "
              "text_width=32, embed_dim=32)", "--feature_channels", "32", "--attention_heads", "4", "--head_channels", "8"]
+TINY_SAM2 = ["--image_size", "64", "--sam2_config", "$common.networks.sam2.tiny_sam2_config()",
+             "--decoder_mlp_dim", "32", "--prompt_ffn_dim", "32", "--nuclei_classes", "track1"]
 PROMPTS = ("one small pink oval polyp, located in bottom right of the image",
            "one large pink oval polyp, located in top left of the image")
 
@@ -107,22 +110,25 @@ def _package(name: str, model: Path, served: Path) -> Path:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory) -> dict:
     from common.data.pannuke.synthetic import write_sample_pannuke
+    from common.data.puma.synthetic import write_sample_puma
     from common.data.referring_ct.synthetic import ensure_sample_referring_ct
     from common.data.synthetic.sample_datasets import write_sample_dataset
 
     root = tmp_path_factory.mktemp("label")
     data = {"tmca": write_sample_dataset("kvasir", root / "data", n=48, size=64, seed=0),
             "lsms": Path(ensure_sample_referring_ct(root / "data", n_cases=4, size=64, depth=8, seed=0)),
-            "monch": write_sample_pannuke(root / "data", n_per_fold=4, size=32, seed=0)}
+            "monch": write_sample_pannuke(root / "data", n_per_fold=4, size=32, seed=0),
+            "coseg": write_sample_puma(root / "data", n=10, size=64, seed=0)}
     bundles = {}
-    for name in ("tmca", "lsms", "monch"):
+    for name in ("tmca", "lsms", "monch", "coseg"):
         out = root / "runs" / name
         if name == "tmca":  # a few epochs on every training image: enough for the text to change the mask
             bundle("training", "--config_file", configs(name), "--dataset_dir", str(data[name]), "--output_dir",
                    str(out), "--epochs", "4", "--batch_size", "8", "--image_size", "64", "--num_workers", "0",
                    "--progress_bar", "false")
         else:
-            bundle(*train_args(name, data[name], out, *(["--batch_size", "2", *TINY_CLIP] if name == "monch" else [])))
+            extra = {"monch": ["--batch_size", "2", *TINY_CLIP], "coseg": ["--batch_size", "2", *TINY_SAM2]}
+            bundle(*train_args(name, data[name], out, *extra.get(name, [])))
         bundles[name] = _package(name, out / "models" / "model.pt", root / "served")
     return {"root": root, "data": data, "bundles": bundles}
 
@@ -197,7 +203,7 @@ def server(served):
     root = served["root"]
     studies = root / "studies"
     texts = _tmca_studies(served, studies)
-    bundles = [served["bundles"][n] for n in ("tmca", "lsms", "monch")]
+    bundles = [served["bundles"][n] for n in ("tmca", "lsms", "monch", "coseg")]
     srv, handle = _start(studies, root / "app", bundles, root / "server.log")
     srv.update(studies=studies, texts=texts, **served)
     yield srv
@@ -208,14 +214,16 @@ def server(served):
 # ------------------------------------------------------------------------------------------------
 def test_info_lists_every_bundle_with_its_labels_and_prompt_fields(server):
     models = server["info"]["models"]
-    assert set(models) == {"tmca", "lsms", "monch"}
+    assert set(models) == {"tmca", "lsms", "monch", "coseg"}
     assert models["tmca"]["labels"] == {"target": 1} and models["lsms"]["labels"] == {"lesion": 1}
     assert models["monch"]["labels"] == {"neoplastic": 1, "inflammatory": 2, "connective": 3, "dead": 4, "epithelial": 5}
     # fields a client shows for the person to type into (3D Slicer: the model's options table)
     assert models["tmca"]["config"]["text"] == "" and "slice" not in models["tmca"]["config"]
     assert models["lsms"]["config"]["text"] == "" and models["lsms"]["config"]["slice"] == ""
     assert "text" not in models["monch"]["config"]
-    assert set(server["info"]["trainers"]) == {"tmca", "lsms", "monch"}
+    assert set(server["info"]["trainers"]) == {"tmca", "lsms", "monch"}  # Co-Seg: two annotations per ROI
+    assert models["coseg"]["labels"] == {"stroma": 1, "blood_vessel": 2, "tumor": 3, "epidermis": 4, "necrosis": 5}
+    assert "text" not in models["coseg"]["config"]
 
 
 def test_tmca_two_prompts_give_two_masks_and_the_same_as_the_bundle_command(server, tmp_path):
@@ -290,6 +298,21 @@ def test_monch_returns_the_class_map_and_its_class_names(server, tmp_path):
     answer = json.loads(answer)
     assert answer["label_names"] == server["info"]["models"]["monch"]["labels"]
     assert sum(answer["pixels"].values()) == int((classes > 0).sum())
+
+
+def test_coseg_returns_the_tissue_map_and_the_nuclei_as_the_bundle_command_writes_them(server, tmp_path):
+    roi = sorted((server["data"]["coseg"] / IMAGES).glob("*.tif"))[0]
+    tissue = read_png(infer(server, "coseg", roi)[1], tmp_path)
+    assert tissue.shape == (64, 64) and tissue.dtype == np.uint8 and tissue.max() <= 5
+    _, answer = infer(server, "coseg", roi, output="json")
+    answer = json.loads(answer)
+    assert sum(answer["pixels"].values()) == int((tissue > 0).sum())
+    served_bundle = server["bundles"]["coseg"]
+    bundle("inferring", "--config_file", str(served_bundle / "configs" / "inference.json"), "--image", str(roi),
+           "--output_dir", str(tmp_path / "cli"), "--device", "cpu", cwd=served_bundle)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "cli" / f"{roi.stem}_tissue.png")), tissue)
+    geojson = json.loads((tmp_path / "cli" / f"{roi.stem}_nuclei.geojson").read_text())
+    assert answer["nuclei"] == geojson["features"]  # the nuclei instances, as QuPath reads them
 
 
 def test_training_fine_tunes_the_served_model_and_inference_reloads_it(server, tmp_path):

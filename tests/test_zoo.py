@@ -15,15 +15,19 @@ from PIL import Image
 
 from bundle_runner import ROOT, bundle, train_args
 from common.data.pannuke.synthetic import write_sample_pannuke
+from common.data.puma.reader import IMAGES
+from common.data.puma.synthetic import write_sample_puma
 from common.data.referring_ct.synthetic import ensure_sample_referring_ct
 from common.data.synthetic.sample_datasets import write_sample_dataset
 
 pytestmark = pytest.mark.bundle
-BUNDLES = ["tmca", "lsms", "monch"]
+BUNDLES = ["tmca", "lsms", "monch", "coseg"]
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", TRANSFORMERS_VERBOSITY="error", OMP_NUM_THREADS="1")
 TINY_CLIP = "$common.networks.clip_encoders.tiny_clip_config(image_size=32, patch_size=8, width=32, layers=1, text_width=32, embed_dim=32)"
 SMALLER = {"monch": ["--image_size", "32", "--clip_model", "null", "--clip_model_cfg", TINY_CLIP, "--feature_channels",
-                     "32", "--attention_heads", "4", "--head_channels", "8", "--batch_size", "2"]}
+                     "32", "--attention_heads", "4", "--head_channels", "8", "--batch_size", "2"],
+           "coseg": ["--image_size", "64", "--sam2_config", "$common.networks.sam2.tiny_sam2_config()", "--decoder_mlp_dim",
+                     "32", "--prompt_ffn_dim", "32", "--nuclei_classes", "track1", "--batch_size", "2"]}
 
 
 def python(*args, cwd=ROOT, env=None, check=True):
@@ -41,6 +45,7 @@ def trained(tmp_path_factory):
     kvasir = write_sample_dataset("kvasir", root / "data", n=12, size=64, seed=0)
     refct = Path(ensure_sample_referring_ct(root / "data", n_cases=4, size=64, depth=8, seed=0))
     pannuke = write_sample_pannuke(root / "data", n_per_fold=4, size=32, seed=0)
+    puma = write_sample_puma(root / "data", n=10, size=64, seed=0)
     patch = root / "patch.png"
     Image.fromarray(np.load(pannuke / "Fold 3" / "images" / "fold3" / "images.npy")[0].astype(np.uint8)).save(patch)
     record = json.loads((refct / "test.jsonl").read_text().splitlines()[0])
@@ -48,6 +53,7 @@ def trained(tmp_path_factory):
         "tmca": (kvasir, ["--image", str(next((kvasir / "images").iterdir())), "--text", "one small polyp"]),
         "lsms": (refct, ["--image", str(refct / record["image"]), "--text", record["text"]]),
         "monch": (pannuke, ["--image", str(patch)]),
+        "coseg": (puma, ["--image", str(sorted((puma / IMAGES).glob("*.tif"))[0])]),
     }
 
     def get(name: str):

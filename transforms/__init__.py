@@ -19,3 +19,14 @@ __all__ = [
     "ShuffleTexts",
     "TokenizeTextd",
 ]
+
+_MODULES = ("checks", "geojson", "image", "io", "masks", "pannuke", "puma", "referring", "text", "volumes")
+
+
+def __getattr__(name):
+    """``transforms.puma`` and the other modules load when a config first names them."""
+    if name in _MODULES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

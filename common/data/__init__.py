@@ -3,7 +3,7 @@
 
 import importlib
 
-__all__ = ['datalist', 'files', 'lvit', 'prompt_json', 'pannuke', 'referring_ct', 'synthetic']
+__all__ = ['datalist', 'files', 'lvit', 'prompt_json', 'pannuke', 'puma', 'referring_ct', 'synthetic']
 
 
 def __getattr__(name):

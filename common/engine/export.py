@@ -7,6 +7,11 @@ in its ``metadata_props``. The inputs are the network's own: ``image`` (B, C, H,
 bundles, ``text_ids`` and ``text_mask`` (B, L) int64 from the tokenizer saved beside the file; the output is
 ``pred``, the logits. The frozen text encoder's cache is bypassed while tracing or exporting, so the files
 read the text they are given.
+
+A network with several outputs (Co-Seg: tissue logits, nuclei logits, HV maps, types) has ``pack`` and
+``output_channels``: the file returns them concatenated as one ``pred`` (the form ``metadata.json``
+describes), the description records ``outputs`` (name -> channels), and :func:`read_exported` splits the
+tensor back into the dict the bundle's post-processing reads.
 """
 
 from __future__ import annotations
@@ -41,6 +46,49 @@ def example_inputs(description: Mapping, tokenizer: str | None, batch: int = 1, 
     return image, ids, mask
 
 
+def output_channels(network: nn.Module) -> dict[str, int] | None:
+    """Name -> channels of a network with several outputs, in the order it packs them; None for one tensor."""
+    channels = getattr(network, "output_channels", None)
+    return dict(channels) if isinstance(channels, Mapping) and hasattr(network, "pack") else None
+
+
+class Packed(nn.Module):
+    """A network with several outputs, returning them as one tensor (what is traced and exported)."""
+
+    def __init__(self, network: nn.Module):
+        super().__init__()
+        self.network = network
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.network.pack(self.network(*inputs))
+
+
+class Unpacked(nn.Module):
+    """An exported network's one tensor, split back into its named outputs."""
+
+    def __init__(self, network: nn.Module, channels: Mapping[str, int]):
+        super().__init__()
+        self.network, self.channels = network, dict(channels)
+
+    def forward(self, *inputs: torch.Tensor, **named: torch.Tensor) -> dict[str, torch.Tensor]:
+        packed = self.network(*inputs, **named)
+        return dict(zip(self.channels, packed.split(list(self.channels.values()), dim=1)))
+
+
+def exportable(network: nn.Module, description: Mapping) -> tuple[nn.Module, dict]:
+    """The module to trace or export, and the description to store with it (``outputs`` added for a
+    network with several outputs)."""
+    channels = output_channels(network)
+    if channels is None:
+        return network, dict(description)
+    return Packed(network).eval(), {**description, "outputs": channels}
+
+
+def as_tensor(output) -> torch.Tensor:
+    """One tensor of a network's output (several outputs concatenated in their order)."""
+    return torch.cat(list(output.values()), dim=1) if isinstance(output, Mapping) else output
+
+
 def input_names(inputs: Sequence[torch.Tensor]) -> list[str]:
     return ["image", "text_ids", "text_mask"][: len(inputs)]
 
@@ -49,6 +97,7 @@ def to_torchscript(network: nn.Module, inputs: Sequence[torch.Tensor], path: Pat
                    metadata: Mapping | None = None) -> Path:
     from monai.data import save_net_with_metadata
 
+    network, description = exportable(network, description)
     with torch.no_grad():
         traced = torch.jit.trace(network.eval(), tuple(inputs), check_trace=False)
     save_net_with_metadata(traced, str(path.with_suffix("")), include_config_vals=False, append_timestamp=False,
@@ -63,6 +112,7 @@ def to_onnx(network: nn.Module, inputs: Sequence[torch.Tensor], path: Path, desc
 
     from common.evaluation.cost import attention_fast_path
 
+    network, description = exportable(network, description)
     names = input_names(inputs)
     with torch.no_grad(), attention_fast_path(False):  # the fused kernel has no ONNX form
         torch.onnx.export(network.eval(), tuple(inputs), str(path), input_names=names, output_names=["pred"],
@@ -101,18 +151,22 @@ def read_exported(path: str | Path) -> tuple[nn.Module, dict]:
         from monai.data import load_net_with_metadata
 
         network, _, extra = load_net_with_metadata(str(path), map_location="cpu", more_extra_files=("description.json",))
-        return network.eval(), json.loads(extra["description.json"])
-    import onnx
+        network, description = network.eval(), json.loads(extra["description.json"])
+    else:
+        import onnx
 
-    props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-    if "description" not in props:
-        raise ValueError(f"{path}: no description in its metadata (export it with scripts/export.py)")
-    return OnnxNetwork(path), json.loads(props["description"])
+        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        if "description" not in props:
+            raise ValueError(f"{path}: no description in its metadata (export it with scripts/export.py)")
+        network, description = OnnxNetwork(path), json.loads(props["description"])
+    if description.get("outputs"):
+        network = Unpacked(network, description["outputs"]).eval()
+    return network, description
 
 
 def max_difference(a: nn.Module, b: nn.Module, inputs: Sequence[torch.Tensor]) -> float:
     with torch.no_grad():
-        return float((a(*inputs) - b(*inputs)).abs().max())
+        return float((as_tensor(a(*inputs)) - as_tensor(b(*inputs))).abs().max())
 
 
 def latency_ms(network: nn.Module, inputs: Sequence[torch.Tensor], repeats: int = 10, warmup: int = 5) -> float:

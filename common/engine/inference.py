@@ -92,7 +92,40 @@ def output_name(record: dict, source: str, used: set[str]) -> str:
     return name
 
 
-class PredictionWriter:
+class WriterHandler:
+    """Base of the inference writers: attached to the evaluator, it handles every decollated item
+    (:meth:`__call__`, per iteration) and reports at the end (:meth:`report`); outputs get unique names
+    (:meth:`name`) and one row each in ``self.written``, the ``predictions.csv`` index (:meth:`write_index`)."""
+
+    def __init__(self, output_dir: str):
+        self.output_dir = Path(output_dir)
+        self.written: list[dict] = []
+        self._names: set[str] = set()
+
+    def attach(self, engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+        engine.add_event_handler(Events.COMPLETED, self.report)
+
+    def name(self, record: dict, source: str) -> str:
+        return output_name(record, source, self._names)
+
+    def write_index(self) -> None:
+        import csv
+
+        if self.written:
+            with open(self.output_dir / "predictions.csv", "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(self.written[0]))
+                writer.writeheader()
+                writer.writerows(self.written)
+
+    def __call__(self, engine) -> None:
+        raise NotImplementedError
+
+    def report(self, engine) -> None:
+        self.write_index()
+
+
+class PredictionWriter(WriterHandler):
     """Handler: for each predicted item write ``<name>_mask<ext>`` and ``<name>_overlay.png``, and at the end
     ``predictions.csv``: one row per prediction (image, slice, text, mask, overlay, foreground pixels).
 
@@ -107,15 +140,9 @@ class PredictionWriter:
     def __init__(self, output_dir: str, mask_ext: str = ".png", overlay: bool = True):
         if mask_ext not in MASK_EXTENSIONS:
             raise ValueError(f"mask_ext must be one of {MASK_EXTENSIONS}, got {mask_ext!r}")
-        self.output_dir = Path(output_dir)
+        super().__init__(output_dir)
         self.mask_ext = mask_ext
         self.overlay = overlay
-        self.written: list[dict] = []
-        self._names: set[str] = set()
-
-    def attach(self, engine) -> None:
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
-        engine.add_event_handler(Events.COMPLETED, self.report)
 
     def __call__(self, engine) -> None:
         from transforms.io import LoadImageSafed
@@ -143,13 +170,7 @@ class PredictionWriter:
             self.written.append(entry)
 
     def report(self, engine) -> None:
-        import csv
-
-        if self.written:
-            with open(self.output_dir / "predictions.csv", "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=list(self.written[0]))
-                writer.writeheader()
-                writer.writerows(self.written)
+        self.write_index()
         for entry in self.written:
             logger.info("%s -> %s", entry["image"], entry["mask"])
         files = sum(Path(e["mask"]).is_file() for e in self.written)

@@ -56,6 +56,32 @@ class TextPrepareBatch(PrepareBatchExtraInput):
         return image, label, args, kwargs_
 
 
+@configurable
+class MultiTargetPrepareBatch:
+    """Image and a dict of targets from the batch, for networks with several outputs (Co-Seg).
+
+    Args:
+        targets: target name -> batch key, e.g. ``{"tissue": "tissue", "nuclei": "nuclei", "hv": "hover_nuclei"}``;
+            a key missing from the batch raises, naming it.
+        image_key: the batch key of the image.
+        optional: target names that may be absent (left out of the dict).
+    """
+
+    def __init__(self, targets: dict[str, str], image_key: str = "image", optional: tuple[str, ...] = ()):
+        self.targets, self.image_key, self.optional = dict(targets), image_key, tuple(optional)
+
+    def __call__(self, batchdata, device=None, non_blocking: bool = False, **kwargs):
+        def move(x):
+            x = x.as_tensor() if hasattr(x, "as_tensor") else x
+            return x.to(device=device, non_blocking=non_blocking)
+
+        missing = [key for name, key in self.targets.items() if key not in batchdata and name not in self.optional]
+        if missing:
+            raise KeyError(f"the batch has no {missing}: check the transforms that make the targets")
+        targets = {name: move(batchdata[key]) for name, key in self.targets.items() if key in batchdata}
+        return move(batchdata[self.image_key]), targets
+
+
 def autocast_context(device: torch.device | str, precision: str = "fp32"):
     """``torch.autocast`` for bf16/fp16, a no-op context for fp32."""
     if precision not in PRECISIONS:
@@ -69,8 +95,9 @@ def autocast_context(device: torch.device | str, precision: str = "fp32"):
 class TextGuidedTrainer(SupervisedTrainer):
     """``SupervisedTrainer`` for dict outputs and dict losses.
 
-    The network's training forward may return a tensor or a dict holding the
-    logits under ``pred``; the loss function gets that output unchanged and may
+    The network's training forward may return a tensor, a dict holding the
+    logits under ``pred``, or a dict of named outputs without ``pred`` (kept whole
+    for the post-transforms); the loss function gets that output unchanged and may
     return a tensor or a dict with the total under ``loss``. Every other term of
     that dict is stored as ``loss_<name>`` in ``engine.state.output``, so
     handlers can log it (see :func:`loss_terms`), and ``pred`` is reduced to the
@@ -110,7 +137,8 @@ class TextGuidedTrainer(SupervisedTrainer):
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
         with autocast_context(engine.state.device, self.precision):
             outputs = engine.inferer(inputs, engine.network, *args, **kwargs)
-            engine.state.output[Keys.PRED] = outputs["pred"] if isinstance(outputs, dict) else outputs
+            # a dict with the logits under "pred" (plus auxiliary tensors), or named outputs (Co-Seg) kept whole
+            engine.state.output[Keys.PRED] = outputs.get("pred", outputs) if isinstance(outputs, dict) else outputs
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
             terms = engine.loss_function(outputs, targets)
         if not isinstance(terms, dict):

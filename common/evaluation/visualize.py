@@ -153,3 +153,51 @@ def class_overlay_panel(image: np.ndarray, pred: np.ndarray, label: np.ndarray |
         draw.text((3, h + 33), title, fill=(0, 0, 0), font=font)
     return canvas
 
+
+
+def draw_instance_outlines(rgb: np.ndarray, instances: np.ndarray, color=(0, 0, 0),
+                           colors_by_type: Mapping[int, Sequence[int]] | None = None,
+                           types: np.ndarray | None = None) -> np.ndarray:
+    """Outline every instance of an (H, W) id map on ``rgb`` (H, W, 3 uint8): one pixel wide, in ``color`` or,
+    with ``types`` and ``colors_by_type``, in its type's colour."""
+    out = np.asarray(rgb).copy()
+    ids = np.asarray(instances).astype(np.int64)
+    padded = np.pad(ids, 1, mode="edge")
+    edge = (ids > 0) & ((padded[1:-1, 1:-1] != padded[:-2, 1:-1]) | (padded[1:-1, 1:-1] != padded[2:, 1:-1])
+                        | (padded[1:-1, 1:-1] != padded[1:-1, :-2]) | (padded[1:-1, 1:-1] != padded[1:-1, 2:]))
+    out[edge] = color
+    if types is not None and colors_by_type:
+        types = np.asarray(types).astype(np.int64)
+        for t, c in colors_by_type.items():
+            out[edge & (types == int(t))] = c
+    return out
+
+
+def confusion_picture(cm: np.ndarray, class_names: Sequence[str], path: str | Path, title: str = "") -> Path:
+    """A confusion-matrix PNG (rows: truth, columns: prediction), each row as fractions of its pixels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(cm, dtype=np.float64)
+    rows = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(1.1 * len(class_names) + 2, 1.0 * len(class_names) + 1.5))
+    ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(class_names)))
+    ax.set_xticklabels(class_names, rotation=45, ha="right")
+    ax.set_yticks(range(len(class_names)))
+    ax.set_yticklabels(class_names)
+    ax.set_xlabel("prediction")
+    ax.set_ylabel("truth")
+    for i in range(len(class_names)):
+        for j in range(len(class_names)):
+            ax.text(j, i, f"{rows[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                    color="white" if rows[i, j] > 0.5 else "black")
+    ax.set_title(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -70,8 +70,13 @@ class TextGuidedSegmentationApp(MONAILabelApp):
         return infers
 
     def init_trainers(self) -> Dict[str, TrainTask]:
-        return {name: FinetuneBundleTrainTask(serving, self.conf, self.studies, self.texts_file)
-                for name, serving in self.servings.items()}
+        trainers = {}
+        for name, serving in self.servings.items():
+            if serving.training is not None:  # monailabel.yaml says why this bundle is not trained from here
+                logger.info("%s: no /train task: %s", name, serving.training)
+                continue
+            trainers[name] = FinetuneBundleTrainTask(serving, self.conf, self.studies, self.texts_file)
+        return trainers
 
     def init_strategies(self) -> Dict[str, Strategy]:
         return {"random": Random(), "first": First()}

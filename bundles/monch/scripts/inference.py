@@ -12,7 +12,7 @@ import torch
 
 from common.core.errors import DatasetError
 from common.data.pannuke.reader import CLASS_COLORS, CLASS_NAMES
-from common.engine.inference import output_name
+from common.engine.inference import WriterHandler
 from common.networks.clip_encoders import CLIP_MEAN, CLIP_STD
 
 
@@ -93,23 +93,15 @@ class LoadPatchd:
         return d
 
 
-class ClassMapWriter:
+class ClassMapWriter(WriterHandler):
     """Handler: per image, ``<name>_classes.png`` (uint8 class indices 0..K-1 at the input's size) and
     ``<name>_overlay.png`` (input | prediction in the paper's colours, with a legend). ``pred`` is the
     class map inference's post-processing made (:class:`scripts.decode.ClassMapd`)."""
 
     def __init__(self, output_dir: str, class_names: Sequence[str] = CLASS_NAMES,
                  colors: Mapping[int, Sequence[int]] = CLASS_COLORS):
-        self.output_dir = Path(output_dir)
+        super().__init__(output_dir)
         self.class_names, self.colors = list(class_names), dict(colors)
-        self.written: list[dict] = []
-        self._names: set[str] = set()
-
-    def attach(self, engine) -> None:
-        from ignite.engine import Events
-
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
-        engine.add_event_handler(Events.COMPLETED, self.report)
 
     def __call__(self, engine) -> None:
         from PIL import Image
@@ -119,7 +111,7 @@ class ClassMapWriter:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         for record, item in zip(engine.state.batch, engine.state.output):
             classes = torch.as_tensor(item["pred"]).detach().cpu().numpy().astype(np.uint8)[0]
-            name = output_name(record, str(record.get("source", "")), self._names)
+            name = self.name(record, str(record.get("source", "")))
             class_path = self.output_dir / f"{name}_classes.png"
             Image.fromarray(classes).save(class_path)
             original = torch.as_tensor(record["original"]).cpu().numpy()

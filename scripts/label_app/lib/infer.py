@@ -10,7 +10,10 @@ What changes from the stock task, and why:
 * post-processing: the bundle's own (``Invertd`` back to the input's size, threshold or class decoding),
   without the stock ``Restored`` (the bundle already restores the size).
 * ``writer``: the label file as :func:`lib.serving.write_prediction` writes it (label values, not 0/255;
-  a slice of a CT volume goes back into a label volume of the CT's geometry).
+  a slice of a CT volume goes back into a label volume of the CT's geometry), from the post-processed key
+  ``monailabel.yaml`` names (``label_key``: Co-Seg's tissue map), with its ``result_keys`` (Co-Seg's nuclei
+  as GeoJSON features) in the JSON answer.
+* a network with several outputs (a dict of batches) has each output's batch dimension dropped.
 * the network: built from the served ``models/model.pt`` by the bundle's own checkpoint reader (its
   description says what to build), and built again when training replaces that file.
 * ``labels``: from ``configs/monailabel.yaml`` (the target is value 1; background is never a label).
@@ -102,11 +105,14 @@ class TextBundleInferTask(BundleInferTask):
         logger.info("%s: image %s, text %r", self.serving.name, tuple(image.shape), data.get("text"))
         with torch.no_grad():
             outputs = inferer(image, network, **kwargs)
-        data[self.output_label_key] = outputs[0] if convert_to_batch else outputs
+        if convert_to_batch:  # a network with several outputs (Co-Seg) returns a dict of batches
+            outputs = {k: v[0] for k, v in outputs.items()} if isinstance(outputs, dict) else outputs[0]
+        data[self.output_label_key] = outputs
         return data
 
     def writer(self, data: Dict[str, Any], extension=None, dtype=None):
-        pred = data[self.output_label_key]
+        key = self.output_label_key if self.serving.label_key == "pred" else self.serving.label_key
+        pred = data[key]
         image = data.get("image_path") or data.get("image")
         # the endpoint sends the file and then deletes it
         path = write_prediction(pred, image, tempfile.gettempdir(), slice_index=data.get("slice"),
@@ -115,4 +121,6 @@ class TextBundleInferTask(BundleInferTask):
         result = {"model": self.serving.name, "pixels": label_summary(pred, self.labels)}
         for key in self.serving.infer_options:
             result[key] = data.get(key)
+        for field, key in self.serving.result_keys.items():  # e.g. Co-Seg's nuclei instances as GeoJSON
+            result[field] = data.get(key)
         return str(path), result

@@ -1,7 +1,9 @@
 """What the MONAI Label app needs to know about a bundle and its data, without MONAI Label itself.
 
 * :class:`Serving`: a bundle's ``configs/monailabel.yaml`` (or ``.json`` in a model-zoo zip): the labels
-  clients paint, the per-request fields they show (``text``, ``slice``), what a training record needs.
+  clients paint, the per-request fields they show (``text``, ``slice``), what a training record needs,
+  which post-processed key is the returned label and which go into the JSON answer, and whether the
+  bundle can be trained from the app (``training``: true, or why not).
 * Stored texts: a client attaches them to an image in the datastore (its image info) or the studies
   folder holds ``texts.json``; both are read by :func:`entries` into records' extra fields.
 * :func:`request_fields`: the ``text`` / ``slice`` of one inference request, completed from what is
@@ -53,6 +55,9 @@ class Serving:
     infer_options: dict[str, Any] = field(default_factory=dict)
     record_requires: list[str] = field(default_factory=list)
     record_defaults: dict[str, Any] = field(default_factory=dict)
+    label_key: str = "pred"                 # the post-processed record's key holding the returned label map
+    result_keys: dict[str, str] = field(default_factory=dict)  # JSON answer field -> record key (e.g. instances)
+    training: str | None = None             # why /train is not offered for this bundle (None: it is)
 
     @property
     def needs_text(self) -> bool:
@@ -84,9 +89,16 @@ def read_serving(bundle: str | Path) -> Serving:
     unknown = set(options) - {"text", "slice"}
     if unknown:
         raise ValueError(f"{path}: infer_options may hold text and slice, not {sorted(unknown)}")
+    result_keys = config.get("result_keys") or {}
+    if not isinstance(result_keys, dict) or not all(isinstance(v, str) for v in result_keys.values()):
+        raise ValueError(f"{path}: result_keys must map a field of the JSON answer to a key of the post-processed "
+                         f"record, got {result_keys!r}")
+    training = config.get("training", True)
     return Serving(name=bundle.name, bundle=bundle, config_file=path, label_names=dict(labels),
                    infer_options=dict(options), record_requires=list(config.get("record_requires") or []),
-                   record_defaults=dict(config.get("record_defaults") or {}))
+                   record_defaults=dict(config.get("record_defaults") or {}),
+                   label_key=str(config.get("label_key") or "pred"), result_keys=dict(result_keys),
+                   training=None if training is True else str(training))
 
 
 # -------------------------------------------------------------------------------------------------

@@ -1,0 +1,149 @@
+"""Co-Seg: mutual prompt-guided collaborative tissue and nuclei segmentation (Xu et al., MICCAI 2025).
+
+A SAM2 image encoder (Hiera trunk frozen, LoRA + adapters; :mod:`common.networks.sam2`) gives the
+image embedding z (stride 16) and two high-resolution maps (strides 4 and 8). Co-segmentation
+(Secs. 2.1 and 2.4, eq. 1) decodes twice with the same two task decoders (:mod:`.decoders`):
+
+1. without prompts: the tissue decoder predicts tissue class logits, the nuclei decoder the nuclei
+   logit, the horizontal/vertical distance maps and (with types) nucleus-type logits;
+2. each task's pass-1 logits become the *other* task's region prompt through an RP-Encoder
+   (:mod:`.rp_encoder`): tissue logits prompt the nuclei decoder, the nuclei logit prompts the tissue
+   decoder (cross-guidance, eqs. 6-7), and both decoders run again. The prompts are not detached, so
+   each task's loss also trains the other task's first pass (eq. 2).
+
+Ablation switches, each a removal from the full model (Table 4 adds P, D and C cumulatively to the
+baseline without saying how P or D run without C); a switched-off part is not built:
+
+* ``rp_encoder=False``: prompts are the convolutional mask embedding only (eq. 4, as SAM2 embeds a mask
+  prompt), without the region-aware attention to the image embedding (eq. 5).
+* ``cross_guidance=False``: each task's pass-1 logits prompt its own decoder (self-refinement) instead
+  of the other task's. The prompt encoders are named by route (``<source>_to_<decoder>``), so the
+  cross routes ``tissue_to_nuclei`` and ``nuclei_to_tissue`` are absent.
+* ``co_segmentation=False``: Table 4's baseline, two independent task networks on the shared encoder:
+  one pass, no prompt encoders, so the other two switches have nothing to act on.
+
+Shapes for a 1024x1024 input, D = 256: features (B, 256, 256²), (B, 256, 128²), (B, 256, 64²); decoder
+outputs at 256² are upsampled (bilinear) to 1024². Outputs: ``tissue`` (B, n_tissue, H, W) logits,
+``nuclei`` (B, 1, H, W) logit, ``hv`` (B, 2, H, W), ``nuclei_type`` (B, n_types, H, W) logits when
+``num_nuclei_types > 0``; in training mode also ``pass1``, the same dict from the first pass (absent
+with ``co_segmentation=False``, which has one pass).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from common.core.describe import configurable
+
+from .decoders import TaskDecoder
+from .rp_encoder import RPEncoder
+
+TASKS = ("tissue", "nuclei")
+
+
+@configurable
+class CoSeg(nn.Module):
+    """The whole model (module doc).
+
+    Args:
+        image_encoder: the shared encoder (:class:`common.networks.sam2.Sam2ImageEncoder`): an image to
+            ``[stride 4, stride 8, stride 16]`` maps of ``embed_dim`` channels, with ``size_divisor``.
+        num_tissue_classes: tissue classes, background included (softmax over them).
+        num_nuclei_types: nucleus types (no background channel); 0: no type output.
+        decoder_depth, decoder_heads, decoder_mlp_dim: the two-way transformer of each task decoder.
+        prompt_hidden_channels: channels of the RP-Encoder's strided convolutions (16).
+        prompt_heads, prompt_ffn_dim, prompt_dropout, rope_theta: the RP-Encoder's attention layer
+            (1 head, FFN 2048, dropout 0.1, RoPE base 10000: SAM2's memory-attention layer, as the authors).
+        rp_encoder, cross_guidance, co_segmentation: the Table 4 switches (module doc).
+
+    Forward: ``image`` (B, 3, H, W), H and W multiples of the encoder's ``size_divisor`` -> dict (module doc).
+    """
+
+    def __init__(
+        self,
+        image_encoder: nn.Module,
+        num_tissue_classes: int = 6,
+        num_nuclei_types: int = 0,
+        decoder_depth: int = 2,
+        decoder_heads: int = 8,
+        decoder_mlp_dim: int = 2048,
+        prompt_hidden_channels: int = 16,
+        prompt_heads: int = 1,
+        prompt_ffn_dim: int = 2048,
+        prompt_dropout: float = 0.1,
+        rope_theta: float = 10000.0,
+        rp_encoder: bool = True,
+        cross_guidance: bool = True,
+        co_segmentation: bool = True,
+    ):
+        super().__init__()
+        if num_tissue_classes < 2 or num_nuclei_types < 0:
+            raise ValueError(f"num_tissue_classes must be >= 2 (background included) and num_nuclei_types >= 0, "
+                             f"got {num_tissue_classes} and {num_nuclei_types}")
+        self.image_encoder = image_encoder
+        dim = int(image_encoder.embed_dim)
+        self.co_segmentation = co_segmentation
+        self.cross_guidance = cross_guidance
+        decoder = dict(dim=dim, depth=decoder_depth, heads=decoder_heads, mlp_dim=decoder_mlp_dim)
+        self.decoders = nn.ModuleDict({
+            "tissue": TaskDecoder({"tissue": num_tissue_classes}, **decoder),
+            "nuclei": TaskDecoder({"nuclei": 1, "hv": 2, "nuclei_type": num_nuclei_types}, **decoder),
+        })
+        if co_segmentation:
+            prompt_channels = {"tissue": num_tissue_classes, "nuclei": 1}  # the nuclei logit prompts, not HV or types
+            self.prompt_encoders = nn.ModuleDict({
+                self.route(target): RPEncoder(prompt_channels[self.source(target)], dim, prompt_hidden_channels,
+                                              rp_encoder, prompt_heads, prompt_ffn_dim, prompt_dropout, rope_theta)
+                for target in TASKS
+            })
+
+    @property
+    def output_channels(self) -> dict[str, int]:
+        """The eval-mode outputs and their channels, in the order :meth:`pack` concatenates them."""
+        return {name: c for decoder in self.decoders.values() for name, c in decoder.outputs.items()}
+
+    def pack(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The eval-mode outputs as one (B, channels, H, W) tensor (:attr:`output_channels` order): the form
+        an exported model returns and ``metadata.json`` describes."""
+        return torch.cat([outputs[name] for name in self.output_channels], dim=1)
+
+    @staticmethod
+    def unpack(packed: torch.Tensor, output_channels: dict[str, int]) -> dict[str, torch.Tensor]:
+        return dict(zip(output_channels, packed.split(list(output_channels.values()), dim=1)))
+
+    def source(self, target: str) -> str:
+        """The task whose pass-1 logits prompt ``target``'s decoder."""
+        return TASKS[1 - TASKS.index(target)] if self.cross_guidance else target
+
+    def route(self, target: str) -> str:
+        return f"{self.source(target)}_to_{target}"
+
+    def decode(self, features: list[torch.Tensor], size: tuple[int, int],
+               previous: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """One pass of both task decoders; ``previous`` (a pass's outputs) supplies the region prompts."""
+        *high_resolution, embedding = features
+        outputs = {}
+        for task, decoder in self.decoders.items():
+            prompt = None
+            if previous is not None:
+                prompt = self.prompt_encoders[self.route(task)](previous[self.source(task)], embedding)
+            for name, logits in decoder(embedding, high_resolution, prompt).items():
+                outputs[name] = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        return outputs
+
+    def forward(self, image: torch.Tensor) -> dict:
+        divisor = self.image_encoder.size_divisor
+        size = tuple(image.shape[-2:])
+        if size[0] % divisor or size[1] % divisor:
+            raise ValueError(f"Co-Seg needs image sides that are multiples of {divisor}, got {size}; "
+                             "resize or pad the image")
+        features = self.image_encoder(image)
+        first = self.decode(features, size)
+        if not self.co_segmentation:
+            return first
+        final = self.decode(features, size, previous=first)
+        if self.training:
+            final["pass1"] = first
+        return final

@@ -1,0 +1,114 @@
+"""PUMA (melanoma tissue and nuclei, Schuiveling et al. 2025) as published on Zenodo (record 14869398).
+
+Layout (the three training zips unpacked side by side in one folder)::
+
+    <root>/01_training_dataset_tif_ROIs/training_set_metastatic_roi_001.tif          1024x1024 H&E ROI (RGBA TIFF)
+    <root>/01_training_dataset_geojson_tissue/training_set_metastatic_roi_001_tissue.geojson
+    <root>/01_training_dataset_geojson_nuclei/training_set_metastatic_roi_001_nuclei.geojson
+
+The GeoJSON files are QuPath FeatureCollections of classified polygons; the class tables and the loader
+of one ROI are in :mod:`transforms.puma`, polygon reading and rasterising (overlaps: the smaller polygon
+wins) in :mod:`transforms.geojson`.
+
+Splits: the paper splits the ROIs 7:1:2 (train/val/test) without publishing the list;
+:func:`puma_split` draws one (seeded, by ROI) and writes it to a JSON file, or reads a split file a user
+gives (e.g. a published 144/20/41 list).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from common.core.errors import DatasetError
+from transforms.puma import (  # noqa: F401  (the tables, for configs and reports)
+    NUCLEI_NAMES,
+    NUCLEI_TYPE_NAMES,
+    NUCLEI_TYPES,
+    TISSUE_CLASSES,
+    TISSUE_COLORS,
+    TISSUE_NAMES,
+    num_nuclei_types,
+)
+
+logger = logging.getLogger(__name__)
+
+IMAGES = "01_training_dataset_tif_ROIs"
+TISSUE = "01_training_dataset_geojson_tissue"
+NUCLEI = "01_training_dataset_geojson_nuclei"
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
+
+
+def puma_cases(root: str | Path) -> list[dict]:
+    """``{name, image, tissue, nuclei}`` for every ROI image of a PUMA folder, sorted by name; an image
+    without its two annotation files raises, naming the missing file."""
+    root = Path(root)
+    folder = root / IMAGES
+    if not folder.is_dir():
+        raise DatasetError(root, f"has no {IMAGES}/ folder: set --dataset_dir to the folder the PUMA training zips "
+                                 f"were unpacked into ({IMAGES}/, {TISSUE}/, {NUCLEI}/)")
+    cases = []
+    for image in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+        name = image.stem
+        case = {"name": name, "image": str(image), "tissue": str(root / TISSUE / f"{name}_tissue.geojson"),
+                "nuclei": str(root / NUCLEI / f"{name}_nuclei.geojson")}
+        for key in ("tissue", "nuclei"):
+            if not Path(case[key]).is_file():
+                raise DatasetError(case[key], f"does not exist: the {key} annotation of {image.name}")
+        cases.append(case)
+    if not cases:
+        raise DatasetError(folder, f"holds no ROI images ({', '.join(IMAGE_SUFFIXES)})")
+    return cases
+
+
+def puma_split(names: Sequence[str], split_file: str | Path, fractions: Sequence[float] = (0.7, 0.1, 0.2),
+               seed: int = 0) -> dict[str, list[str]]:
+    """``{"train": [...], "val": [...], "test": [...]}`` ROI names.
+
+    An existing ``split_file`` is read (and must name only known ROIs); otherwise one is drawn by ROI with
+    ``fractions`` and ``seed`` and written there, so training and evaluation use the same split.
+    """
+    split_file = Path(split_file)
+    known = set(names)
+    if split_file.is_file():
+        try:
+            split = json.loads(split_file.read_text())
+        except json.JSONDecodeError as err:
+            raise DatasetError(split_file, f"is not JSON ({err})") from err
+        if not isinstance(split, Mapping) or not {"train", "val", "test"} <= set(split):
+            raise DatasetError(split_file, "must map train, val and test to lists of ROI names")
+        unknown = sorted(n for part in ("train", "val", "test") for n in split[part] if n not in known)
+        if unknown:
+            raise DatasetError(split_file, f"names ROIs that the dataset does not have: {unknown[:5]}")
+        unused = sorted(known - {n for part in ("train", "val", "test") for n in split[part]})
+        if unused:
+            logger.warning("%s leaves %d of the dataset's %d ROIs out of every split (e.g. %s); delete it to draw "
+                           "a new split", split_file, len(unused), len(known), unused[0])
+        return {k: list(split[k]) for k in ("train", "val", "test")}
+    if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-6 or min(fractions) < 0:
+        raise ValueError(f"split fractions must be three non-negative numbers summing to 1, got {list(fractions)}")
+    order = np.random.default_rng(seed).permutation(sorted(known))
+    n_val = int(round(fractions[1] * len(order)))
+    n_test = int(round(fractions[2] * len(order)))
+    n_train = len(order) - n_val - n_test
+    split = {"train": sorted(order[:n_train].tolist()), "val": sorted(order[n_train:n_train + n_val].tolist()),
+             "test": sorted(order[n_train + n_val:].tolist()),
+             "drawn": {"fractions": list(fractions), "seed": seed}}
+    split_file.parent.mkdir(parents=True, exist_ok=True)
+    split_file.write_text(json.dumps(split, indent=1))
+    return {k: split[k] for k in ("train", "val", "test")}
+
+
+def puma_datalist(root: str | Path, split: str, split_file: str | Path, fractions: Sequence[float] = (0.7, 0.1, 0.2),
+                  seed: int = 0, limit: int | None = None) -> list[dict]:
+    """Records ``{name, image, tissue, nuclei}`` of one split (:func:`puma_cases`, :func:`puma_split`)."""
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"split must be train, val or test, got {split!r}")
+    cases = puma_cases(root)
+    chosen = set(puma_split([c["name"] for c in cases], split_file, fractions, seed)[split])
+    records = [c for c in cases if c["name"] in chosen]
+    return records[: int(limit)] if limit else records

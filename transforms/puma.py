@@ -1,0 +1,100 @@
+"""PUMA's class tables and the loader of one ROI with its rasterised tissue and nuclei annotations.
+
+Tissue names (the challenge's tissue map values; unannotated pixels are background, 0)::
+
+    tissue_white_background 0, tissue_stroma 1, tissue_blood_vessel 2, tissue_tumor 3,
+    tissue_epidermis 4, tissue_necrosis 5
+
+Nuclei names (track 2's ten classes; track 1 merges them into tumour / TIL / other; ``none`` is the
+Co-Seg paper's class-agnostic nuclei)::
+
+    nuclei_tumor, nuclei_lymphocyte, nuclei_plasma_cell, nuclei_histiocyte, nuclei_melanophage,
+    nuclei_neutrophil, nuclei_stroma, nuclei_epithelium, nuclei_endothelium, nuclei_apoptosis
+
+Polygons are read and rasterised by :mod:`transforms.geojson` (overlaps: the smaller polygon wins).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Hashable, Mapping
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+
+from .geojson import rasterize_classes, rasterize_instances, read_features, read_rgb
+
+TISSUE_CLASSES = ("background", "stroma", "blood_vessel", "tumor", "epidermis", "necrosis")
+TISSUE_NAMES = {"tissue_white_background": 0, "tissue_stroma": 1, "tissue_blood_vessel": 2, "tissue_tumor": 3,
+                "tissue_epidermis": 4, "tissue_necrosis": 5}
+TISSUE_COLORS = {0: (255, 255, 255), 1: (0, 170, 0), 2: (220, 0, 0), 3: (130, 40, 200), 4: (240, 170, 0),
+                 5: (90, 90, 90)}
+NUCLEI_NAMES = ("nuclei_tumor", "nuclei_lymphocyte", "nuclei_plasma_cell", "nuclei_histiocyte", "nuclei_melanophage",
+                "nuclei_neutrophil", "nuclei_stroma", "nuclei_epithelium", "nuclei_endothelium", "nuclei_apoptosis")
+# nucleus type tables: name -> type id (1..n; 0 is "not a nucleus")
+NUCLEI_TYPES = {
+    "none": {},
+    "track1": {"nuclei_tumor": 1, "nuclei_lymphocyte": 2, "nuclei_plasma_cell": 2,
+               **{n: 3 for n in NUCLEI_NAMES if n not in ("nuclei_tumor", "nuclei_lymphocyte", "nuclei_plasma_cell")}},
+    "track2": {name: i + 1 for i, name in enumerate(NUCLEI_NAMES)},
+}
+NUCLEI_TYPE_NAMES = {"none": (), "track1": ("tumor", "TIL", "other"),
+                     "track2": tuple(n.removeprefix("nuclei_") for n in NUCLEI_NAMES)}
+
+
+def num_nuclei_types(nuclei_classes: str) -> int:
+    """Output channels of the nucleus-type head for a nuclei class table (``none``: 0)."""
+    if nuclei_classes not in NUCLEI_TYPES:
+        raise ValueError(f"nuclei_classes must be one of {sorted(NUCLEI_TYPES)}, got {nuclei_classes!r}")
+    return len(NUCLEI_TYPE_NAMES[nuclei_classes])
+
+
+def tissue_map(path: str | Path, size: tuple[int, int]) -> np.ndarray:
+    """(H, W) uint8 tissue class map (:data:`TISSUE_CLASSES`) of a tissue GeoJSON."""
+    return rasterize_classes(read_features(path, TISSUE_NAMES, size), size, TISSUE_NAMES)
+
+
+def nuclei_maps(path: str | Path, size: tuple[int, int], nuclei_classes: str = "none") -> tuple[np.ndarray, np.ndarray]:
+    """``(instances, types)`` of a nuclei GeoJSON: (H, W) int32 ids 1..N in file order and (H, W) uint8 type
+    ids of ``NUCLEI_TYPES[nuclei_classes]`` (all 0 for ``none``)."""
+    num_nuclei_types(nuclei_classes)
+    return rasterize_instances(read_features(path, NUCLEI_NAMES, size), size, NUCLEI_TYPES[nuclei_classes])
+
+
+class LoadPumaROId:
+    """A record ``{image, tissue?, nuclei?}`` (:func:`common.data.puma.reader.puma_datalist`) ->
+
+    * ``image``: (3, H, W) float32 RGB 0-255 (an alpha channel dropped), a ``MetaTensor`` naming its file,
+      and ``orig_size``, its (H, W);
+    * ``tissue``: (1, H, W) int64 tissue classes (:data:`TISSUE_CLASSES`);
+    * ``nuclei``: (1, H, W) int64 nucleus instance ids (0 background);
+    * ``nuclei_type``: (1, H, W) int64 type ids of ``nuclei_classes`` (all 0 for ``none``).
+
+    The annotation keys are read only when the record has them (inference records hold an image only);
+    every error names the file and the GeoJSON feature.
+    """
+
+    def __init__(self, nuclei_classes: str = "none"):
+        num_nuclei_types(nuclei_classes)
+        self.nuclei_classes = nuclei_classes
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        path = str(d["image"])
+        rgb = read_rgb(path)
+        size = rgb.shape[:2]
+        meta = {"filename_or_obj": path, "spatial_shape": np.asarray(size)}
+
+        def tensor(array: np.ndarray, dtype=torch.int64) -> MetaTensor:
+            return MetaTensor(torch.from_numpy(np.ascontiguousarray(array)).to(dtype), meta=dict(meta))
+
+        d["image"] = tensor(rgb.transpose(2, 0, 1), torch.float32)
+        d["orig_size"] = torch.tensor(size)
+        if d.get("tissue"):
+            d["tissue"] = tensor(tissue_map(d["tissue"], size)[None])
+        if d.get("nuclei"):
+            instances, types = nuclei_maps(d["nuclei"], size, self.nuclei_classes)
+            d["nuclei"] = tensor(instances[None])
+            d["nuclei_type"] = tensor(types[None])
+        return d
