@@ -26,6 +26,23 @@ def test_make_sample_data_cli(tmp_path):
     assert [f"p{i}" for i in range(10)] == list(entries[0]["prompts"])
 
 
+def test_make_sample_data_writes_puma_rois_with_their_geojson(tmp_path):
+    from common.data.puma.reader import puma_cases
+
+    proc = run("scripts/make_sample_data.py", "--out_dir", str(tmp_path), "--datasets", "puma", "--n", "3", "--size", "64")
+    assert "puma: 3 H&E ROIs" in proc.stdout
+    assert len(puma_cases(tmp_path / "PUMA")) == 3  # the reader finds each ROI with both annotation files
+
+
+def test_benchmark_times_a_bundle_with_several_outputs_and_targets(tmp_path):
+    out = tmp_path / "bench.json"
+    run("scripts/benchmark.py", "--bundle", "coseg", "--device", "cpu", "--settings", "['fp32']", "--batch_size", "2",
+        "--steps", "1", "--warmup", "0", "--image_size", "64", "--json_out", str(out), "--override",
+        "{'sam2_config': '$common.networks.sam2.tiny_sam2_config()', 'decoder_mlp_dim': 32, 'prompt_ffn_dim': 32}")
+    row = json.loads(out.read_text())["rows"][0]
+    assert row["train_img_s"] > 0 and row["gflops"] > 0 and 0 < row["trainable_m"] < row["params_m"]
+
+
 def test_benchmark_prints_a_markdown_table(tmp_path):
     out = tmp_path / "bench.json"
     proc = run("scripts/benchmark.py", "--device", "cpu", "--batch_size", "2", "--steps", "1", "--warmup", "0",
