@@ -1,6 +1,7 @@
 """Co-Seg: the SAM2 encoder with LoRA and adapters, RP-Encoder, task decoders, the two passes, the
 Table 4 switches, the loss, and the paper-sized network's parameter counts (built on the meta device)."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -295,29 +296,43 @@ def test_loss_names_missing_targets():
 
 
 @pytest.mark.parametrize("heads", [1, 2])
-def test_rope_attention_equals_sam2_memory_attention_and_exports_to_onnx(heads, tmp_path):
-    """RP-Encoder's attention computes what transformers' Sam2VideoRoPEAttention does (keys on the query
-    grid), and unlike it has an ONNX form."""
+def test_rope_attention_equals_sam2_memory_attention_and_runs_in_onnxruntime(heads, tmp_path):
+    """RP-Encoder's rotary table and attention compute what transformers' SAM2 memory attention does
+    (Sam2VideoVisionRotaryEmbedding, Sam2VideoRoPEAttention with keys on the query grid) and, unlike
+    them, export to an ONNX file onnxruntime runs with the eager output."""
+    import onnxruntime
     from transformers.models.sam2_video.configuration_sam2_video import Sam2VideoConfig
-    from transformers.models.sam2_video.modeling_sam2_video import Sam2VideoRoPEAttention
+    from transformers.models.sam2_video.modeling_sam2_video import (
+        Sam2VideoRoPEAttention,
+        Sam2VideoVisionRotaryEmbedding,
+    )
 
     from bundles.coseg.scripts.rp_encoder import RegionAttention
 
     torch.manual_seed(0)
     layer = RegionAttention(32, heads, 64, dropout=0.0).eval()
     config = Sam2VideoConfig(memory_attention_hidden_size=32, memory_attention_num_attention_heads=heads,
-                             memory_attention_downsample_rate=1, memory_attention_rope_dropout=0.0)
+                             memory_attention_downsample_rate=1, memory_attention_rope_dropout=0.0,
+                             rope_parameters={"rope_type": "axial", "rope_theta": 10000.0})
     config._attn_implementation = "sdpa"
+    x, z = torch.randn(2, 12, 32), torch.randn(2, 12, 32)
+    rows, cols = torch.meshgrid(torch.arange(3), torch.arange(4), indexing="ij")
+    theirs_rope = Sam2VideoVisionRotaryEmbedding(config)(x, torch.stack([cols.flatten(), rows.flatten()], dim=-1))
+    ours_rope = layer.rope(3, 4, x)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(ours_rope, theirs_rope))
     reference = Sam2VideoRoPEAttention(config).eval()
     reference.load_state_dict(layer.cross_attn.state_dict())
-    x, z = torch.randn(2, 16, 32), torch.randn(2, 16, 32)
-    positions = layer.rope(4, 4, x)
     with torch.no_grad():
-        ours = layer.cross_attn(x, z, z, positions)
-        theirs = reference(query=x[:, None], key=z[:, None], value=z[:, None], position_embeddings=positions)[0][:, 0]
+        ours = layer.cross_attn(x, z, z, ours_rope)
+        theirs = reference(query=x[:, None], key=z[:, None], value=z[:, None], position_embeddings=theirs_rope)[0][:, 0]
     assert torch.allclose(ours, theirs, atol=1e-6)
-    torch.onnx.export(layer, (torch.randn(1, 32, 4, 4), torch.randn(1, 32, 4, 4)), str(tmp_path / "layer.onnx"),
+    prompt, embedding = torch.randn(1, 32, 3, 4), torch.randn(1, 32, 3, 4)
+    torch.onnx.export(layer, (prompt, embedding), str(tmp_path / "layer.onnx"), input_names=["prompt", "embedding"],
                       opset_version=17, dynamo=False)
+    session = onnxruntime.InferenceSession(str(tmp_path / "layer.onnx"), providers=["CPUExecutionProvider"])
+    ran = session.run(None, {"prompt": prompt.numpy(), "embedding": embedding.numpy()})[0]
+    with torch.no_grad():
+        assert np.allclose(ran, layer(prompt, embedding).numpy(), atol=1e-5)
 
 
 def test_a_checkpoint_without_the_frozen_sam2_trunk_keeps_lora_and_loads_the_trunk_from_its_source(tmp_path, root):

@@ -14,10 +14,10 @@ attention layer: self-attention with 2D axial rotary positions (RoPE), cross-att
 embedding z (B, D, H/16, W/16) with RoPE on queries and keys (both on the same grid), and a
 feed-forward network (D -> ffn_dim -> D, ReLU), each as ``x + Dropout(f(LayerNorm(x)))``.
 
-Reused from transformers: ``Sam2VideoVisionRotaryEmbedding`` (the axial RoPE table of SAM2's memory
-attention) and ``Sam2LayerNorm``. The attention itself is :class:`RoPEAttention` here (the same computation
-as transformers' ``Sam2VideoRoPEAttention`` for keys on the query grid, whose empty "excluded keys"
-concatenation has no ONNX form).
+Reused from transformers: ``Sam2LayerNorm``. The RoPE attention is :class:`RoPEAttention` here, with the
+rotary table of :meth:`RegionAttention.rope`: the same computation as transformers' SAM2 memory attention
+(``Sam2VideoRoPEAttention``, ``Sam2VideoVisionRotaryEmbedding``; tests compare them), which has no
+working ONNX form (an empty "excluded keys" concatenation; a rotary table onnxruntime cannot load).
 """
 
 from __future__ import annotations
@@ -25,8 +25,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 from transformers.models.sam2.modeling_sam2 import Sam2LayerNorm
-from transformers.models.sam2_video.configuration_sam2_video import Sam2VideoConfig
-from transformers.models.sam2_video.modeling_sam2_video import Sam2VideoVisionRotaryEmbedding
 
 
 def rotate_pairs(x: torch.Tensor) -> torch.Tensor:
@@ -87,13 +85,9 @@ class RegionAttention(nn.Module):
         if dim % heads or (dim // heads) % 4:
             raise ValueError(f"RP-Encoder attention: width {dim} must split into {heads} heads of a multiple of 4 "
                              "channels (2D rotary positions)")
-        config = Sam2VideoConfig(  # only the rotary table's settings are read from it
-            memory_attention_hidden_size=dim,
-            memory_attention_num_attention_heads=heads,
-            memory_attention_downsample_rate=1,
-            rope_parameters={"rope_type": "axial", "rope_theta": rope_theta},
-        )
-        self.rotary = Sam2VideoVisionRotaryEmbedding(config)
+        # SAM2's axial RoPE: head_dim / 4 frequencies, applied to x (first half) and y (second half)
+        quarter = torch.arange(0, dim // heads // 2, 2, dtype=torch.float32) / (dim // heads // 2)
+        self.register_buffer("inv_freq", 1.0 / rope_theta ** quarter, persistent=False)
         self.self_attn = RoPEAttention(dim, heads, dropout)
         self.cross_attn = RoPEAttention(dim, heads, dropout)
         self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
@@ -101,10 +95,14 @@ class RegionAttention(nn.Module):
         self.dropout1, self.dropout2, self.dropout3 = nn.Dropout(dropout), nn.Dropout(dropout), nn.Dropout(dropout)
 
     def rope(self, h: int, w: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin of the axial rotary angles of an h x w grid, (1, h*w, head_dim) each."""
+        """cos and sin of the axial rotary angles of an h x w grid, (1, h*w, head_dim) each: per token the
+        column angles then the row angles, each angle for a pair of channels (SAM2's layout)."""
         rows, cols = torch.meshgrid(torch.arange(h, device=like.device), torch.arange(w, device=like.device),
                                     indexing="ij")
-        return self.rotary(like, torch.stack([cols.flatten(), rows.flatten()], dim=-1))
+        inv_freq = self.inv_freq.to(like.device)
+        angles = torch.cat([cols.reshape(-1, 1).float() * inv_freq, rows.reshape(-1, 1).float() * inv_freq], dim=-1)
+        angles = torch.stack([angles, angles], dim=-1).flatten(-2)[None]  # each angle for a channel pair
+        return angles.cos(), angles.sin()
 
     def forward(self, prompt: torch.Tensor, image_embedding: torch.Tensor) -> torch.Tensor:
         b, d, h, w = prompt.shape
