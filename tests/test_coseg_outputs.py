@@ -42,3 +42,22 @@ def test_a_nucleus_one_pixel_thin_does_not_stop_evaluation():
     for f in features:  # contours in image coordinates (pixel corners): inside the image, around the nucleus
         ring = np.asarray(f["geometry"]["coordinates"][0])
         assert ring.min() >= 0 and ring.max() <= 32
+
+
+def test_a_nucleus_takes_its_majority_type_even_when_it_is_the_first_type():
+    """MONAI's vote treats type index 0 as background; the first nucleus type (tumour in PUMA's tables) must
+    still win where it is the majority, and types come out 1..n."""
+    truth = np.zeros((32, 32), np.int32)
+    truth[8:20, 8:20] = 1
+    pred = _pred(truth)
+    logits = torch.full((3, 32, 32), -5.0)
+    logits[0] = 5.0                     # tumour (type 1) over most of the nucleus
+    logits[1, 8:11, 8:20] = 10.0        # TIL (type 2) on a strip of it
+    pred["nuclei_type"] = logits
+    out = Instancesd(min_object_size=5, size_key=None)({"pred": pred})
+    (info,) = out["nuclei_info"].values()
+    assert info["type"] == 1
+    types = out["nuclei_types"].numpy().reshape(truth.shape)
+    assert set(np.unique(types[truth == 1])) == {1} and types[truth == 0].max() == 0
+    feature = NucleiFeaturesd(type_names=("tumor", "TIL", "other"))(out)["nuclei_features"][0]
+    assert feature["properties"]["classification"]["name"] == "nuclei_tumor"

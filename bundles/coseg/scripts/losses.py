@@ -7,7 +7,8 @@ first pass (``co_segmentation=False``) only the final terms remain.
 
 * L_sem (tissue): cross-entropy + Dice over the tissue classes (softmax).
 * L_ins (nuclei), HoVer-Net's loss (Graham et al. 2019) as the paper says: Focal + Dice on the
-  nuclei logit (sigmoid), ``mse_weight * MSE(HV) + msge_weight * MSGE(HV)`` (10 and 2.5), and, when the
+  nuclei logit (sigmoid), ``mse_weight * MSE(HV) + msge_weight * MSGE(HV)`` (10 and 2.5 as the authors' code; the paper gives
+  no weights, HoVer-Net uses 1 and 1), and, when the
   network predicts nucleus types, ``type_weight * (CE + Dice)`` over the types on typed nuclei pixels.
   MSE is over all pixels (the HV target is 0 outside nuclei); MSGE is the mean squared error of
   the HV maps' gradients on nuclei pixels: d/dx of the horizontal map and d/dy of the vertical map,

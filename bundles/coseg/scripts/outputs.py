@@ -156,8 +156,12 @@ class Instancesd(MapTransform):
         instance_map = torch.where(torch.isin(instance_map, kept), instance_map, torch.zeros_like(instance_map))
         types = torch.zeros_like(instance_map, dtype=torch.uint8)
         if "nuclei_type" in pred and info:
-            info, type_map = self.types(self._resized(pred["nuclei_type"], size), info, instance_map)
-            types = torch.as_tensor(np.asarray(type_map)).to(torch.uint8) + (torch.as_tensor(np.asarray(instance_map)) > 0).to(torch.uint8)
+            # MONAI's vote reads channel 0 as background (a nucleus voted 0 takes its runner-up type); the
+            # type head has none, so a background channel that never wins goes first: types come out 1..n
+            logits = self._resized(pred["nuclei_type"], size)
+            logits = torch.cat([torch.full_like(logits[:1], -1.0e4), logits], dim=0)
+            info, type_map = self.types(logits, info, instance_map)
+            types = torch.as_tensor(np.asarray(type_map)).to(torch.uint8)
         d["nuclei_map"], d["nuclei_types"], d["nuclei_info"] = instance_map, types, info
         return d
 
@@ -177,7 +181,7 @@ def nuclei_features(instance_map: np.ndarray, info: Mapping, type_names: Sequenc
         if contour.ndim != 2 or len(contour) < 3:
             continue
         kind = info[i].get("type")
-        name = f"nuclei_{type_names[int(kind)]}" if type_names and kind is not None else "nuclei"
+        name = f"nuclei_{type_names[int(kind) - 1]}" if type_names and kind else "nuclei"  # types are 1..n
         features.append(polygon_feature(contour + 0.5, name, measurements={
             "id": i, "area_px": float(area), "centroid_x": float(cx) + 0.5, "centroid_y": float(cy) + 0.5}))
     return features
