@@ -3,7 +3,8 @@
 
 import importlib
 
-__all__ = ['datalist', 'files', 'lvit', 'prompt_json', 'pannuke', 'puma', 'referring_ct', 'synthetic']
+__all__ = ['bcss', 'datalist', 'files', 'lvit', 'mask_prompts', 'prompt_json', 'pannuke', 'puma', 'referring_ct', 'seg_answers',
+           'synthetic']
 
 
 def __getattr__(name):

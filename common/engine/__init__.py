@@ -3,7 +3,8 @@
 
 import importlib
 
-__all__ = ['checkpoints', 'distributed', 'inference', 'network', 'semantic_evaluation', 'text_ablation', 'trainer']
+__all__ = ['checkpoints', 'distributed', 'inference', 'network', 'schedules', 'semantic_evaluation', 'text_ablation',
+           'trainer']
 
 
 def __getattr__(name):

@@ -107,16 +107,21 @@ class TextGuidedTrainer(SupervisedTrainer):
         precision: ``fp32``, ``bf16`` (autocast, no scaler) or ``fp16`` (autocast
             with a gradient scaler; CUDA only).
         grad_clip: clip the gradient norm to this value when set.
+        accumulation_steps: step the optimiser every N iterations (and at the end of each epoch), with
+            the gradients of those N batches summed and each loss divided by N: the gradient of a batch N
+            times larger. The logged loss is the batch's own (undivided).
     """
 
-    def __init__(self, *args, precision: str = "fp32", grad_clip: float | None = None, **kwargs):
+    def __init__(self, *args, precision: str = "fp32", grad_clip: float | None = None, accumulation_steps: int = 1,
+                 **kwargs):
         if kwargs.get("amp"):
             raise ValueError("use precision='bf16' or 'fp16' instead of amp=True with TextGuidedTrainer")
         if kwargs.get("compile"):
             raise ValueError("compile the network itself (common.engine.network.prepare_network(..., compile=True))")
-        if kwargs.get("accumulation_steps", 1) != 1:
-            raise ValueError("TextGuidedTrainer does not accumulate gradients; raise batch_size instead")
+        if int(accumulation_steps) < 1:
+            raise ValueError(f"accumulation_steps must be at least 1, got {accumulation_steps}")
         super().__init__(*args, **kwargs)
+        self.accumulation_steps = int(accumulation_steps)
         autocast_context("cpu", precision)  # validates the value
         self.precision = precision
         self.grad_clip = grad_clip
@@ -134,7 +139,12 @@ class TextGuidedTrainer(SupervisedTrainer):
         engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
 
         engine.network.train()
-        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+        # 1-based iteration within the epoch; a cycle of accumulation_steps iterations ends with a step
+        within = (engine.state.iteration - 1) % engine.state.epoch_length + 1
+        first = (within - 1) % self.accumulation_steps == 0
+        last = within % self.accumulation_steps == 0 or within == engine.state.epoch_length
+        if first:
+            engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
         with autocast_context(engine.state.device, self.precision):
             outputs = engine.inferer(inputs, engine.network, *args, **kwargs)
             # a dict with the logits under "pred" (plus auxiliary tensors), or named outputs (Co-Seg) kept whole
@@ -155,18 +165,21 @@ class TextGuidedTrainer(SupervisedTrainer):
                 f"loss is {loss.item()} at epoch {engine.state.epoch}, iteration {engine.state.iteration}; "
                 "lower the learning rate or check the data"
             )
+        scaled = loss / self.accumulation_steps if self.accumulation_steps > 1 else loss
         if self.grad_scaler is not None:
-            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.scale(scaled).backward()
             engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-            self.grad_scaler.unscale_(engine.optimizer)
-            self._clip(engine)
-            self.grad_scaler.step(engine.optimizer)
-            self.grad_scaler.update()
+            if last:
+                self.grad_scaler.unscale_(engine.optimizer)
+                self._clip(engine)
+                self.grad_scaler.step(engine.optimizer)
+                self.grad_scaler.update()
         else:
-            loss.backward()
+            scaled.backward()
             engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-            self._clip(engine)
-            engine.optimizer.step()
+            if last:
+                self._clip(engine)
+                engine.optimizer.step()
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output
 

@@ -1,10 +1,10 @@
-"""Networks shared by bundles: text encoders (Hugging Face, open_clip), image backbones (timm), the SAM2
-image encoder with LoRA and adapters, contrastive losses.
+"""Networks shared by bundles: text encoders (Hugging Face, open_clip), image backbones (timm), SAM and
+SAM2 image encoders with LoRA and adapters, LLaVA, contrastive losses.
 """
 
 import importlib
 
-__all__ = ['clip_encoders', 'contrastive', 'image_encoders', 'sam2', 'text_encoders']
+__all__ = ['clip_encoders', 'contrastive', 'image_encoders', 'llava', 'sam', 'sam2', 'text_encoders']
 
 
 def __getattr__(name):
