@@ -1,7 +1,7 @@
 """Write small synthetic datasets in the QaTa-COV19, MosMedData+, Kvasir-SEG and BKAI-IGH layouts,
 synthetic CT volumes with lesions turned into referring records (``refct``, for LSMS),
 PanNuke-style folds (``pannuke``, for MONCH) and PUMA-style H&E ROIs with tissue and nuclei GeoJSON
-(``puma``, for Co-Seg).
+(``puma``, for Co-Seg) and BCSS-style H&E ROIs with integer-coded tissue masks (``bcss``, for LTSE).
 
 The prompt of each image names one of its two or three blobs by size and
 position and the mask holds only that one, so a model must read the text to
@@ -12,11 +12,14 @@ score well.
     python scripts/make_sample_data.py --out_dir sample_data --datasets refct --n 24   # n CT volumes
     python scripts/make_sample_data.py --out_dir sample_data --datasets pannuke --n 96 --size 64   # n patches per fold
     python scripts/make_sample_data.py --out_dir sample_data --datasets puma --n 48 --size 128     # n ROIs
+    python scripts/make_sample_data.py --out_dir sample_data --datasets bcss --n 20 --size 128     # n ROIs
+      (then scripts/build_bcss_ref.py --bcss_dir sample_data/BCSS --out_dir sample_data/BCSS-Ref --patch_size 64)
 """
 
 import _repo  # noqa: F401  (puts the repository root on sys.path)
 import fire
 
+from common.data.bcss.synthetic import write_sample_bcss
 from common.data.pannuke.synthetic import write_sample_pannuke
 from common.data.puma.synthetic import write_sample_puma
 from common.data.referring_ct.synthetic import ensure_sample_referring_ct
@@ -24,7 +27,7 @@ from common.data.synthetic.sample_datasets import DATASETS, write_sample_dataset
 
 
 def main(out_dir: str = "sample_data", datasets=DATASETS, n: int = 60, size: int = 128, seed: int = 0) -> None:
-    """Write ``n`` images (``refct``: ``n`` volumes; ``pannuke``: ``n`` patches per fold; ``puma``: ``n`` ROIs) of each dataset in ``datasets`` (one name or a list) under ``out_dir``."""
+    """Write ``n`` images (``refct``: ``n`` volumes; ``pannuke``: ``n`` patches per fold; ``puma``, ``bcss``: ``n`` ROIs) of each dataset in ``datasets`` (one name or a list) under ``out_dir``."""
     names = [datasets] if isinstance(datasets, str) else list(datasets)
     for i, name in enumerate(names):
         if name == "refct":
@@ -34,6 +37,10 @@ def main(out_dir: str = "sample_data", datasets=DATASETS, n: int = 60, size: int
         if name == "pannuke":
             path = write_sample_pannuke(out_dir, n_per_fold=n, size=size, seed=seed + i)
             print(f"pannuke: 3 folds of {n} patches of {size}x{size} in {path}")
+            continue
+        if name == "bcss":
+            path = write_sample_bcss(out_dir, n=n, size=size, seed=seed + i)
+            print(f"bcss: {n} H&E ROIs of {size}x{size} with tissue masks and gtruth_codes.tsv in {path}")
             continue
         if name == "puma":
             path = write_sample_puma(out_dir, n=n, size=size, seed=seed + i)

@@ -3,6 +3,8 @@ tokenizer trained in code) and a 64-pixel SAM. Shapes, gradients, [SEG]/[REJ] bo
 switches, the loss by hand, generation, trainable-part checkpoints, pretrained-weight errors."""
 
 import math
+
+import numpy as np
 import sys
 
 import pytest
@@ -14,7 +16,7 @@ from common.data.seg_answers import (build_answer, masks_for_targets, seg_target
 from bundles.ltse.scripts.losses import LTSELoss, causal_lm_loss
 from bundles.ltse.scripts.network import LTSE, is_trainable_key
 from common.core.describe import describe, instantiate
-from common.core.errors import PretrainedWeightsError
+from common.core.errors import DatasetError, PretrainedWeightsError
 from common.networks.llava import LlavaLM, save_tiny_llava, tokenize_conversation
 from common.networks.sam import (SAM_PIXEL_MEAN, SAM_PIXEL_STD, SamEncoder, build_mask_decoder, sam_config,
                                  sam_postprocess_masks, sam_preprocess, tiny_sam_config)
@@ -317,3 +319,42 @@ def test_missing_pretrained_parts_raise_naming_the_key(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # import fails as when it is not installed
     with pytest.raises(ImportError, match="pip install bitsandbytes"):
         LlavaLM(str(tmp_path / "no_llava"), load_in_4bit=True)
+
+
+@pytest.fixture(scope="module")
+def record(tmp_path_factory):
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("record")
+    image = (np.random.default_rng(0).random((40, 50, 3)) * 255).astype(np.uint8)
+    mask = np.zeros((40, 50), np.uint8)
+    mask[:20] = 1
+    Image.fromarray(image).save(folder / "p.png")
+    Image.fromarray(mask).save(folder / "m.png")
+    return {"image": str(folder / "p.png"), "mask": str(folder / "m.png"), "instruction": "Please segment the tumor and the fat.",
+            "targets": ["tumor", "fat"], "codes": [1, 9], "answer": "Sure, tumor [SEG], fat [REJ].", "record": "r.jsonl:3"}
+
+
+def test_inputs_are_fixed_size_and_the_batch_gives_one_truth_per_seg(net, record):
+    from bundles.ltse.scripts.inputs import LTSEInputsd, LTSEPrepareBatch
+    from monai.data import list_data_collate
+
+    item = LTSEInputsd(net, max_text_tokens=200)(record)
+    assert item["input_ids"].shape == item["labels"].shape == (200,)
+    assert item["target_masks"].shape == (10, 64, 64) and item["present"][:2].tolist() == [True, False]
+    assert item["resize_size"].tolist() == [51, 64]   # 40x50 -> longest side 64
+    pixels, targets, _, kwargs = LTSEPrepareBatch()(list_data_collate([item, item]))
+    assert kwargs["input_ids"].shape[1] == int(item["attention_mask"].sum())   # trimmed to the longest text
+    assert [m.shape for m in targets["seg_masks"]] == [(1, 51, 64)] * 2       # one [SEG]: tumor; fat is [REJ]
+    out = net(pixels, **{k: kwargs[k] for k in ("sam_images", "input_ids", "attention_mask", "labels",
+                                                 "resize_sizes", "original_sizes")})
+    assert [m.shape for m in out["masks"]] == [(1, 51, 64)] * 2
+
+
+def test_inputs_never_cut_text_and_check_the_answer_slots(net, record):
+    from bundles.ltse.scripts.inputs import LTSEInputsd
+
+    with pytest.raises(DatasetError, match=r"record r.jsonl:3: prompt and answer take \d+ tokens, more than max_text_tokens=20"):
+        LTSEInputsd(net, max_text_tokens=20)(record)
+    with pytest.raises(DatasetError, match=r"answer 'Sure, tumor \[SEG\], fat \[SEG\].' has slots"):
+        LTSEInputsd(net, max_text_tokens=200)(record | {"answer": "Sure, tumor [SEG], fat [SEG]."})
