@@ -40,6 +40,8 @@ def inference_arguments(record: dict) -> list[str]:
         text = text[0]
     if text:
         args += ["--text", str(text)]
+    if record.get("instruction"):  # LTSE answers an instruction
+        args += ["--instruction", str(record["instruction"])]
     for key in ("slice", "index"):
         if record.get(key) is not None:
             args += [f"--{key}", str(record[key])]
