@@ -14,9 +14,11 @@ from bundles.ltse.scripts.aem import AdaptiveExpertMixture, ExpertGate, run_deco
 from common.data.seg_answers import (build_answer, masks_for_targets, seg_target_masks, seg_targets,
                                           special_tokens)
 from bundles.ltse.scripts.losses import LTSELoss, causal_lm_loss
-from bundles.ltse.scripts.network import LTSE, is_trainable_key
+from bundles.ltse.scripts.network import LTSE
 from common.core.describe import describe, instantiate
-from common.core.errors import DatasetError, PretrainedWeightsError
+from common.core.errors import CheckpointError, DatasetError, PretrainedWeightsError
+from common.engine.checkpoints import ModelDescription, load_weights
+from bundle_runner import ROOT
 from common.networks.llava import LlavaLM, save_tiny_llava, tokenize_conversation
 from common.networks.sam import (SAM_PIXEL_MEAN, SAM_PIXEL_STD, SamEncoder, build_mask_decoder, sam_config,
                                  sam_postprocess_masks, sam_preprocess, tiny_sam_config)
@@ -169,7 +171,8 @@ def test_training_forward_shapes_and_gradients(net):
     assert not any(p.requires_grad or p.grad is not None for n, p in named.items() if n.startswith("sam."))
     base = [n for n, p in named.items() if n.startswith("llava.") and not p.requires_grad]
     assert base and all(named[n].grad is None for n in base)
-    assert all(is_trainable_key(n) for n in trainable)
+    kept = ModelDescription(net, ROOT / "bundles" / "ltse", leave_out_frozen_pretrained=True).weights.state_dict()
+    assert set(trainable) <= set(kept)  # every trained weight is checkpointed (a random base stays in too)
     net.zero_grad()
 
 
@@ -258,20 +261,33 @@ def test_generation_with_seg_returns_masks_at_the_original_size(net):
 
 
 # ---------------------------------------------------------------------------- checkpoints
-def test_trainable_state_dict_roundtrip_through_the_description(llava_dir, sam_checkpoint, root, single):
+TRAINED_KEY = ("projector.", "aem.", "decoder.")
+
+
+def is_trained_key(key: str) -> bool:
+    return key.startswith(TRAINED_KEY) or (key.startswith("llava.") and ("lora_" in key or "trainable_tokens_delta" in key))
+
+
+def test_checkpoints_keep_only_the_trained_parts_and_rebuild_from_the_description(llava_dir, sam_checkpoint, root,
+                                                                                    single):
+    """The shared checkpoint path (ModelDescription, load_weights) on LTSE: with a LLaVA folder and a SAM
+    checkpoint named, the frozen base is left out; LoRA, new-token rows, projector and decoders are kept and
+    the rebuilt network answers like the trained one."""
     net = make_ltse(llava_dir, checkpoint=sam_checkpoint)
     with torch.no_grad():
         for name, p in net.named_parameters():
             if p.requires_grad:
                 p.add_(0.01 * torch.randn_like(p))  # move away from the fresh initialisation
-    state = net.trainable_state_dict()
-    assert state and all(is_trainable_key(k) for k in state) and not any(k.startswith("sam.") for k in state)
+    description = ModelDescription(net, root / "bundles" / "ltse", leave_out_frozen_pretrained=True)
+    assert description.excluded_prefixes() == ["llava.", "sam."]
+    state = description.weights.state_dict()
+    assert state and all(is_trained_key(k) for k in state), sorted(k for k in state if not is_trained_key(k))[:3]
     trained = {n for n, p in net.named_parameters() if p.requires_grad}
     assert trained <= set(state) and all("iou_prediction_head" in k for k in set(state) - trained)
-    config = describe(net, keep_pretrained=net.pretrained_parts())
+    config = description.state_dict()["network"]
     assert config["sam"]["checkpoint"] == sam_checkpoint and config["llava"]["pretrained"] is True
     rebuilt = instantiate(config, bundle_root=root / "bundles" / "ltse")
-    rebuilt.load_trainable_state_dict(state)
+    load_weights(rebuilt, state, description.excluded_prefixes())
     net.eval()
     rebuilt.eval()
     inputs, _ = make_batch(net)
@@ -279,8 +295,19 @@ def test_trainable_state_dict_roundtrip_through_the_description(llava_dir, sam_c
         a, b = net(**inputs), rebuilt(**inputs)
     assert torch.allclose(a["logits"], b["logits"], atol=1e-5)
     assert all(torch.allclose(x, y, atol=1e-4) for x, y in zip(a["masks"], b["masks"]))
-    with pytest.raises(ValueError, match="does not match"):
-        single.load_trainable_state_dict(state)
+    with pytest.raises(CheckpointError, match="do not fit this network"):
+        load_weights(single, state, description.excluded_prefixes())
+
+
+def test_a_random_base_named_by_no_source_stays_in_the_checkpoint(llava_dir):
+    """A base with random weights (``pretrained: false``, no SAM checkpoint) cannot be reloaded from anywhere:
+    leaving it out would rebuild a different random network."""
+    torch.manual_seed(0)
+    llava = LlavaLM(llava_dir, new_tokens=special_tokens(True), dtype="float32", pretrained=False)
+    net = LTSE(llava, SamEncoder(model_config=tiny_sam_config(), dtype="float32"), gate_heads=2, gate_mlp_dim=32)
+    description = ModelDescription(net, ROOT / "bundles" / "ltse", leave_out_frozen_pretrained=True)
+    assert description.excluded_prefixes() == []
+    assert set(description.weights.state_dict()) == set(net.state_dict())
 
 
 def test_sam_decoders_start_from_the_checkpoint(llava_dir, sam_checkpoint):

@@ -123,9 +123,6 @@ class ModelDescription:
         """``(state-dict prefix, module)`` of the parts built from a pretrained source that hold frozen
         weights (a frozen text encoder; SAM2's trunk with LoRA inside; LLaVA's base)."""
         net = unwrap(self.network)
-        if hasattr(net, "pretrained_parts"):  # a network that knows better
-            names = {id(m): n for n, m in net.named_modules()}
-            return [(names[id(m)] + ".", m) for m in net.pretrained_parts()]
         parts = []
         for name, module in net.named_modules():
             if not name or any(name.startswith(p) for p, _ in parts):

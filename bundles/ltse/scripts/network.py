@@ -20,16 +20,15 @@ allows one [SEG] per answer), ``use_rej`` (Table 2 "[REJ]": False leaves [REJ] o
 vocabulary), ``use_aem`` (Table 2 "w/o AEM": one decoder, no gate), ``num_experts`` / ``top_k``
 (Fig. 3).
 
-Checkpoints hold only the trained parts (:meth:`LTSE.trainable_state_dict`): LoRA weights and
-new-token rows of the LLM (``llava.*lora_*``, ``llava.*trainable_tokens_delta*``), ``projector.*``,
-``aem.*`` (experts and gate) or ``decoder.*``. Everything else under ``llava.`` and ``sam.`` is the
-frozen pretrained base and comes from its config keys when the network is built again: describe
-it with ``describe(network, keep_pretrained=network.pretrained_parts())``.
+Checkpoints (``common.engine.checkpoints.ModelDescription`` with ``leave_out_frozen_pretrained``) hold
+only the trained parts: LoRA weights and new-token rows of the LLM (``llava.*lora_*``,
+``llava.*trainable_tokens_delta*``), ``projector.*``, ``aem.*`` (experts and gate) or ``decoder.*``.
+Everything else under ``llava.`` and ``sam.`` is the frozen pretrained base and loads from its config
+keys when the network is built again (a base with random weights, named by no source, stays in).
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Sequence
 
 import torch
@@ -42,15 +41,6 @@ from common.networks.sam import SamEncoder, sam_postprocess_masks, sam_preproces
 from .aem import AdaptiveExpertMixture, run_decoder
 from common.data.seg_answers import REJ_TOKEN, SEG_TOKEN, slot_tokens, special_tokens
 from .losses import causal_lm_loss
-
-TRAINABLE_PREFIXES = ("projector.", "aem.", "decoder.")
-LLM_ADAPTER_KEYS = ("lora_", "trainable_tokens_delta")
-
-
-def is_trainable_key(key: str) -> bool:
-    """Whether a state-dict key of :class:`LTSE` belongs to a trained (checkpointed) part."""
-    return key.startswith(TRAINABLE_PREFIXES) or (key.startswith("llava.") and any(a in key for a in LLM_ADAPTER_KEYS))
-
 
 @configurable
 class LTSE(nn.Module):
@@ -100,30 +90,6 @@ class LTSE(nn.Module):
         decoder = self.sam.new_mask_decoder()
         decoder.iou_prediction_head.requires_grad_(False)
         return decoder
-
-    # ------------------------------------------------------------------ checkpoints
-    def pretrained_parts(self) -> tuple[nn.Module, nn.Module]:
-        """The parts whose weights come from config keys, not from checkpoints (``describe(keep_pretrained=...)``)."""
-        return self.llava, self.sam
-
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """LoRA, new-token rows, projector and decoders (and gate): what a checkpoint stores."""
-        return {k: v for k, v in self.state_dict().items() if is_trainable_key(k)}
-
-    def load_trainable_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
-        """Load what :meth:`trainable_state_dict` saved; the frozen base stays as built."""
-        expected = set(self.trainable_state_dict())
-        missing, unexpected = sorted(expected - set(state_dict)), sorted(set(state_dict) - expected)
-        if missing or unexpected:
-            raise ValueError(f"LTSE checkpoint does not match this network: missing {missing[:3]} "
-                             f"({len(missing)} in all), unexpected {unexpected[:3]} ({len(unexpected)} in all); "
-                             "was it trained with other switches (use_aem, num_experts, use_rej, lora_*)?")
-        if not self.llava.pretrained or self.sam.checkpoint is None:
-            logging.getLogger(__name__).warning(
-                "loading LTSE's trained parts onto a frozen base with random weights (llava pretrained=%s, "
-                "sam checkpoint=%s): build the network with its pretrained config keys to reproduce it",
-                self.llava.pretrained, self.sam.checkpoint)
-        self.load_state_dict(state_dict, strict=False)
 
     # ------------------------------------------------------------------ masks
     def _seg_positions(self, input_ids: torch.Tensor, labels: torch.Tensor | None) -> list[torch.Tensor]:
