@@ -21,8 +21,9 @@ import fire
 import torch
 
 from _repo import bundle_folder, metadata
-from common.engine.checkpoints import load_model
-from common.engine.export import example_inputs, latency_ms, max_difference, read_exported, to_onnx, to_torchscript
+from common.engine.checkpoints import load_model, read_checkpoint
+from common.engine.export import (example_inputs, latency_ms, max_difference, read_exported, to_onnx, to_torchscript,
+                                  why_not_exportable)
 
 FORMATS = {"torchscript": ".ts", "onnx": ".onnx"}
 FRESH_TEXT = "the largest one, on the right side of the image, 12.5 mm across"
@@ -37,6 +38,9 @@ def main(bundle: str, checkpoint: str, out_dir: str | None = None, formats=("tor
         raise ValueError(f"unknown formats {unknown}; choose from {list(FORMATS)}")
     torch.manual_seed(0)
     root = bundle_folder(bundle)
+    reason = why_not_exportable(read_checkpoint(checkpoint).get("description") or {}, root)
+    if reason:
+        raise ValueError(f"{bundle}: no TorchScript/ONNX export: {reason}")
     loaded = load_model(checkpoint, str(root), "cpu")
     network, description = loaded.network.eval(), loaded.description
     out = Path(out_dir) if out_dir else Path(checkpoint).parent

@@ -13,15 +13,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bundle_runner import ROOT, bundle, train_args
+from bundle_runner import ROOT, bundle, configs, train_args
+from common.data.bcss.referring import build_referring_records
+from common.data.bcss.synthetic import write_sample_bcss
 from common.data.pannuke.synthetic import write_sample_pannuke
 from common.data.puma.reader import IMAGES
 from common.data.puma.synthetic import write_sample_puma
 from common.data.referring_ct.synthetic import ensure_sample_referring_ct
 from common.data.synthetic.sample_datasets import write_sample_dataset
+from common.networks.llava import save_tiny_llava
+from common.networks.sam import save_tiny_sam_checkpoint
 
 pytestmark = pytest.mark.bundle
-BUNDLES = ["tmca", "lsms", "monch", "coseg"]
+BUNDLES = ["tmca", "lsms", "monch", "coseg", "ltse"]
+TENSOR_BUNDLES = ["tmca", "lsms", "monch", "coseg"]  # one forward pass from tensors to masks (LTSE generates text)
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", TRANSFORMERS_VERBOSITY="error", OMP_NUM_THREADS="1")
 TINY_CLIP = "$common.networks.clip_encoders.tiny_clip_config(image_size=32, patch_size=8, width=32, layers=1, text_width=32, embed_dim=32)"
 SMALLER = {"monch": ["--image_size", "32", "--clip_model", "null", "--clip_model_cfg", TINY_CLIP, "--feature_channels",
@@ -49,17 +54,29 @@ def trained(tmp_path_factory):
     patch = root / "patch.png"
     Image.fromarray(np.load(pannuke / "Fold 3" / "images" / "fold3" / "images.npy")[0].astype(np.uint8)).save(patch)
     record = json.loads((refct / "test.jsonl").read_text().splitlines()[0])
+    bcss = build_referring_records(write_sample_bcss(root / "data" / "bcss", n=10, size=128, seed=0),
+                                   root / "data" / "bcss_ref", patch_size=64, seed=0, progress=False)
+    ltse_bases = {"llava": save_tiny_llava(root / "bases" / "llava"),
+                  "sam": save_tiny_sam_checkpoint(root / "bases" / "sam" / "sam_tiny.pth")}
+    question = json.loads(Path(bcss).read_text().splitlines()[0])
     inputs = {
         "tmca": (kvasir, ["--image", str(next((kvasir / "images").iterdir())), "--text", "one small polyp"]),
         "lsms": (refct, ["--image", str(refct / record["image"]), "--text", record["text"]]),
         "monch": (pannuke, ["--image", str(patch)]),
         "coseg": (puma, ["--image", str(sorted((puma / IMAGES).glob("*.tif"))[0])]),
+        "ltse": (bcss, ["--image", str(Path(bcss).parent / question["image"]), "--instruction", question["instruction"]]),
     }
 
     def get(name: str):
         if name not in out:
             data, args = inputs[name]
-            bundle(*train_args(name, data, root / name, *SMALLER.get(name, [])))
+            if name == "ltse":  # the tiny "pretrained" LLaVA folder and SAM file stand in for LLaVA-7B and SAM ViT-H
+                bundle("training", "--config_file", configs("ltse"), "--records_file", str(data), "--output_dir",
+                       str(root / name), "--llava_name_or_path", ltse_bases["llava"], "--sam_checkpoint",
+                       ltse_bases["sam"], "--epochs", "1", "--batch_size", "2", "--accumulation_steps", "1",
+                       "--limit", "4", "--num_workers", "0", "--progress_bar", "false", "--max_new_tokens", "8")
+            else:
+                bundle(*train_args(name, data, root / name, *SMALLER.get(name, [])))
             out[name] = (root / name / "models" / "model.pt", args)
         return out[name]
 
@@ -75,7 +92,7 @@ def test_metadata_verifies_offline_against_the_schema_copy(name):
     assert "optional_packages_version" not in meta and {"pytorch-ignite", "transformers"} <= set(meta["required_packages_version"])
 
 
-@pytest.mark.parametrize("name", BUNDLES)
+@pytest.mark.parametrize("name", TENSOR_BUNDLES)
 def test_net_in_out_verifies_with_the_documented_command(name):
     """The README's command: the network gets its text inputs from network_data_format, not from a hand-written call."""
     env = dict(ENV, PYTHONPATH=f"bundles/{name}")
@@ -125,7 +142,7 @@ def test_the_zip_runs_on_its_own_from_any_folder(name, trained, tmp_path):
     assert "optional_packages_version" not in meta and meta["required_packages_version"]
 
 
-@pytest.mark.parametrize("name", BUNDLES)
+@pytest.mark.parametrize("name", TENSOR_BUNDLES)
 def test_exported_models_give_the_eager_output_and_serve_inference(name, trained, tmp_path):
     model, inputs = trained(name)
     proc = python("scripts/export.py", "--bundle", name, "--checkpoint", str(model), "--out_dir", str(tmp_path),
@@ -156,3 +173,28 @@ def test_monais_own_ckpt_export_works_for_the_image_only_bundle(trained, tmp_pat
     image = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(torch.jit.load(str(tmp_path / "model.ts"))(image), eager(image), atol=1e-4)
+
+
+def test_the_ltse_zip_carries_only_what_training_changed_and_export_says_why_not(trained, tmp_path):
+    """LLaVA's and SAM's frozen weights stay where the checkpoint's description names them (hub id, folder,
+    file); the zip holds LoRA, the new tokens' rows, the projector and the experts. TorchScript/ONNX export
+    of a model that generates its answer is refused before anything is built, saying why."""
+    model, _ = trained("ltse")
+    python("scripts/package.py", "--bundle", "ltse", "--model", str(model), "--out_dir", str(tmp_path))
+    import zipfile
+
+    import torch
+
+    with zipfile.ZipFile(next(tmp_path.glob("ltse_v*.zip"))) as zf:
+        names = zf.namelist()
+        zf.extract("ltse/models/model.pt", tmp_path)
+    assert not any("tokenizer" in n or n.endswith((".safetensors", ".pth")) for n in names)
+    state = torch.load(tmp_path / "ltse" / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert state["description"]["excluded"] == ["llava.", "sam."]
+    frozen = [k for k in state["model"] if k.startswith(("llava.", "sam.")) and "lora_" not in k
+              and "trainable_tokens" not in k]
+    assert frozen == [] and any(k.startswith("aem.experts.") for k in state["model"])
+    proc = python("scripts/export.py", "--bundle", "ltse", "--checkpoint", str(model), "--out_dir", str(tmp_path / "x"),
+                  check=False)
+    assert proc.returncode != 0 and "ltse: no TorchScript/ONNX export: its answer is generated token by token" in proc.stderr
+    assert not (tmp_path / "x").exists()

@@ -46,6 +46,18 @@ def example_inputs(description: Mapping, tokenizer: str | None, batch: int = 1, 
     return image, ids, mask
 
 
+def why_not_exportable(description: Mapping, bundle_root: str | Path) -> str | None:
+    """Why the network a checkpoint describes cannot be one traced graph (its class's ``not_exportable``:
+    LTSE generates its answer token by token), or None; asked before the network is built."""
+    from pydoc import locate
+
+    from common.core.describe import bundle_scripts
+
+    with bundle_scripts(bundle_root):
+        klass = locate(str((description.get("network") or {}).get("_target_", "")))
+    return getattr(klass, "not_exportable", None)
+
+
 def output_channels(network: nn.Module) -> dict[str, int] | None:
     """Name -> channels of a network with several outputs, in the order it packs them; None for one tensor."""
     channels = getattr(network, "output_channels", None)

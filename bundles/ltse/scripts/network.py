@@ -60,6 +60,10 @@ class LTSE(nn.Module):
     heads are frozen, since no loss trains them.
     """
 
+    not_exportable = ("its answer is generated token by token by LLaVA (a loop whose length and number of masks "
+                      "depend on the text), which no single TorchScript/ONNX graph holds; serve the checkpoint "
+                      "(inferring, scripts/chat.py, MONAI Label or a model-zoo zip from scripts/package.py)")
+
     def __init__(self, llava: LlavaLM, sam: SamEncoder, multi_seg: bool = True, use_rej: bool = True,
                  max_seg_tokens: int = 10, use_aem: bool = True, num_experts: int = 4, top_k: int = 2,
                  gate_heads: int = 8, gate_mlp_dim: int = 1024):
