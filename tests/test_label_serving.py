@@ -20,19 +20,21 @@ sys.modules[_spec.name] = serving  # (dataclasses look their module up)
 _spec.loader.exec_module(serving)
 
 
-@pytest.fixture(params=["tmca", "lsms", "monch", "coseg"])
+@pytest.fixture(params=["tmca", "lsms", "monch", "coseg", "ltse"])
 def declared(request):
     return serving.read_serving(ROOT / "bundles" / request.param)
 
 
 def test_every_bundle_declares_labels_from_1_and_its_request_fields(declared):
     assert declared.label_names and min(declared.label_names.values()) == 1
-    assert declared.needs_text == (declared.name not in ("monch", "coseg"))
+    assert declared.needs_text == (declared.name not in ("monch", "coseg", "ltse"))
+    assert declared.prompt_fields == {"tmca": ["text"], "lsms": ["text"], "ltse": ["instruction"]}.get(declared.name, [])
+    assert declared.infer_task == ("answer" if declared.name == "ltse" else "bundle")
     assert declared.takes_slice == (declared.name == "lsms")
     # Co-Seg answers with its tissue map as the label and the nuclei in the JSON; it is not trained from here
     assert declared.label_key == ("tissue_map" if declared.name == "coseg" else "pred")
     assert declared.result_keys == ({"nuclei": "nuclei_features"} if declared.name == "coseg" else {})
-    assert (declared.training is None) == (declared.name != "coseg")
+    assert (declared.training is None) == (declared.name not in ("coseg", "ltse"))
 
 
 def test_a_bad_declaration_names_the_file_and_field(tmp_path):
@@ -43,7 +45,14 @@ def test_a_bad_declaration_names_the_file_and_field(tmp_path):
     with pytest.raises(ValueError, match=r"monailabel.yaml: label_names .*integers from 1"):
         serving.read_serving(tmp_path / "b")
     (tmp_path / "b" / "configs" / "monailabel.yaml").write_text("label_names: {t: 1}\ninfer_options: {prompt: ''}\n")
-    with pytest.raises(ValueError, match=r"infer_options may hold text and slice, not \['prompt'\]"):
+    with pytest.raises(ValueError, match=r"infer_options may hold text, instruction and slice, not \['prompt'\]"):
+        serving.read_serving(tmp_path / "b")
+    (tmp_path / "b" / "configs" / "monailabel.yaml").write_text("label_names: {t: 1}\ninfer_task: chat\n")
+    with pytest.raises(ValueError, match=r"infer_task must be one of \['bundle', 'answer'\], got 'chat'"):
+        serving.read_serving(tmp_path / "b")
+    (tmp_path / "b" / "configs" / "monailabel.yaml").write_text("label_names: {t: 1}\ninfer_task: answer\n"
+                                                                 "infer_options: {text: ''}\n")
+    with pytest.raises(ValueError, match="infer_task answer takes an instruction"):
         serving.read_serving(tmp_path / "b")
 
 
@@ -88,6 +97,24 @@ def test_a_request_gets_its_text_and_slice_or_says_what_to_send():
     with pytest.raises(serving.RequestError, match="slice must be an axial slice index"):
         serving.request_fields({**volume, "slice": "middle"}, lsms, [])
     assert serving.request_fields({"image": "/data/slice.png", "text": "t"}, lsms, [])["slice"] is None  # a 2-D slice
+    ltse = serving.read_serving(ROOT / "bundles" / "ltse")
+    assert serving.request_fields({"instruction": "Segment the tumor."}, ltse, []) == {"instruction": "Segment the tumor."}
+    assert serving.request_fields({}, ltse, [{"text": "stored words"}]) == {"instruction": "stored words"}
+    assert serving.request_fields({}, ltse, [{"instruction": "theirs", "text": "t"}]) == {"instruction": "theirs"}
+    with pytest.raises(serving.RequestError, match=r"ltse needs an instruction: send -F 'params=\{\"instruction\""):
+        serving.request_fields({"text": "wrong field"}, ltse, [])
+
+
+def test_an_answers_masks_become_one_label_map_with_the_higher_logit_where_they_overlap():
+    logits = np.full((3, 2, 4), -5.0, np.float32)
+    logits[0, 0, :3] = [1.0, 2.0, 3.0]     # [SEG] 1: top-left three pixels
+    logits[1, 0, 1:] = [4.0, 1.0, 0.5]     # [SEG] 2 overlaps it in the middle two
+    logits[2, 1, 3] = 0.2                  # [SEG] 3: one pixel
+    label = serving.segment_label_map(list(logits))
+    assert label.tolist() == [[1, 2, 1, 2], [0, 0, 0, 3]]
+    assert serving.segment_label_map(logits, threshold=0.3).tolist() == [[1, 2, 1, 2], [0, 0, 0, 0]]
+    with pytest.raises(ValueError, match="no masks"):
+        serving.segment_label_map([])
 
 
 def test_training_records_leave_out_and_name_what_is_missing():

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from bundles.ltse.scripts.aem import AdaptiveExpertMixture, ExpertGate, run_decoder, top_k_weights
-from common.data.seg_answers import (build_answer, masks_for_targets, seg_target_masks, seg_targets,
-                                          special_tokens)
+from common.data.seg_answers import (build_answer, masks_for_targets, seg_target_masks, seg_targets, slot_phrases,
+                                     special_tokens)
 from bundles.ltse.scripts.losses import LTSELoss, causal_lm_loss
 from bundles.ltse.scripts.network import LTSE
 from common.core.describe import describe, instantiate
@@ -84,6 +84,13 @@ def single(llava_dir):
 
 
 # ---------------------------------------------------------------------------- answers
+def test_the_words_before_each_slot_name_its_mask():
+    answer, _ = build_answer(["tumor", "blood vessel", "stroma"], [True, False, True])
+    assert slot_phrases(answer) == [("tumor", "[SEG]"), ("blood vessel", "[REJ]"), ("stroma", "[SEG]")]
+    assert slot_phrases("Sure, [SEG] and the necrosis [SEG]. That is all.") == [("", "[SEG]"), ("necrosis", "[SEG]")]
+    assert slot_phrases("I cannot find it.") == []
+
+
 def test_kth_seg_belongs_to_kth_present_target_and_rej_slots_have_no_mask():
     answer, slots = build_answer(["tumor", "necrosis", "stroma"], [True, False, True])
     assert answer == "Sure, tumor [SEG], necrosis [REJ], stroma [SEG]."

@@ -1,4 +1,4 @@
-"""MONAI Label: the real server, from its own environment (.venv-label, `make label-env`), serving the three
+"""MONAI Label: the real server, from its own environment (.venv-label, `make label-env`), serving the five
 bundles as model-zoo packages on 127.0.0.1, spoken to over HTTP as a client does.
 
 Tiny models are trained here through `python -m monai.bundle`, packaged with scripts/package.py and
@@ -112,17 +112,29 @@ def served(tmp_path_factory) -> dict:
     from common.data.pannuke.synthetic import write_sample_pannuke
     from common.data.puma.synthetic import write_sample_puma
     from common.data.referring_ct.synthetic import ensure_sample_referring_ct
+    from common.data.bcss.referring import build_referring_records
+    from common.data.bcss.synthetic import write_sample_bcss
     from common.data.synthetic.sample_datasets import write_sample_dataset
+    from common.networks.llava import save_tiny_llava
+    from common.networks.sam import save_tiny_sam_checkpoint
 
     root = tmp_path_factory.mktemp("label")
     data = {"tmca": write_sample_dataset("kvasir", root / "data", n=48, size=64, seed=0),
             "lsms": Path(ensure_sample_referring_ct(root / "data", n_cases=4, size=64, depth=8, seed=0)),
             "monch": write_sample_pannuke(root / "data", n_per_fold=4, size=32, seed=0),
-            "coseg": write_sample_puma(root / "data", n=10, size=64, seed=0)}
+            "coseg": write_sample_puma(root / "data", n=10, size=64, seed=0),
+            "ltse": build_referring_records(write_sample_bcss(root / "data" / "bcss", n=10, size=128, seed=0),
+                                            root / "data" / "bcss_ref", patch_size=64, seed=0, progress=False)}
     bundles = {}
-    for name in ("tmca", "lsms", "monch", "coseg"):
+    for name in ("tmca", "lsms", "monch", "coseg", "ltse"):
         out = root / "runs" / name
-        if name == "tmca":  # a few epochs on every training image: enough for the text to change the mask
+        if name == "ltse":  # tiny "pretrained" LLaVA folder and SAM file, named by the checkpoint's description
+            bundle("training", "--config_file", configs(name), "--records_file", str(data[name]), "--output_dir",
+                   str(out), "--llava_name_or_path", save_tiny_llava(root / "bases" / "llava"), "--sam_checkpoint",
+                   save_tiny_sam_checkpoint(root / "bases" / "sam" / "sam_tiny.pth"), "--epochs", "1",
+                   "--batch_size", "2", "--accumulation_steps", "1", "--limit", "4", "--num_workers", "0",
+                   "--progress_bar", "false", "--max_new_tokens", "8")
+        elif name == "tmca":  # a few epochs on every training image: enough for the text to change the mask
             bundle("training", "--config_file", configs(name), "--dataset_dir", str(data[name]), "--output_dir",
                    str(out), "--epochs", "4", "--batch_size", "8", "--image_size", "64", "--num_workers", "0",
                    "--progress_bar", "false")
@@ -203,7 +215,7 @@ def server(served):
     root = served["root"]
     studies = root / "studies"
     texts = _tmca_studies(served, studies)
-    bundles = [served["bundles"][n] for n in ("tmca", "lsms", "monch", "coseg")]
+    bundles = [served["bundles"][n] for n in ("tmca", "lsms", "monch", "coseg", "ltse")]
     srv, handle = _start(studies, root / "app", bundles, root / "server.log")
     srv.update(studies=studies, texts=texts, **served)
     yield srv
@@ -214,16 +226,47 @@ def server(served):
 # ------------------------------------------------------------------------------------------------
 def test_info_lists_every_bundle_with_its_labels_and_prompt_fields(server):
     models = server["info"]["models"]
-    assert set(models) == {"tmca", "lsms", "monch", "coseg"}
+    assert set(models) == {"tmca", "lsms", "monch", "coseg", "ltse"}
     assert models["tmca"]["labels"] == {"target": 1} and models["lsms"]["labels"] == {"lesion": 1}
     assert models["monch"]["labels"] == {"neoplastic": 1, "inflammatory": 2, "connective": 3, "dead": 4, "epithelial": 5}
     # fields a client shows for the person to type into (3D Slicer: the model's options table)
     assert models["tmca"]["config"]["text"] == "" and "slice" not in models["tmca"]["config"]
     assert models["lsms"]["config"]["text"] == "" and models["lsms"]["config"]["slice"] == ""
     assert "text" not in models["monch"]["config"]
-    assert set(server["info"]["trainers"]) == {"tmca", "lsms", "monch"}  # Co-Seg: two annotations per ROI
+    assert set(server["info"]["trainers"]) == {"tmca", "lsms", "monch"}  # Co-Seg: two annotations per ROI; LTSE
     assert models["coseg"]["labels"] == {"stroma": 1, "blood_vessel": 2, "tumor": 3, "epidermis": 4, "necrosis": 5}
     assert "text" not in models["coseg"]["config"]
+    assert models["ltse"]["config"]["instruction"] == "" and "text" not in models["ltse"]["config"]
+    assert models["ltse"]["labels"] == {f"segment_{k}": k for k in range(1, 11)}
+    assert "ltse" not in server["info"]["trainers"]  # referring records, not one label per image
+
+
+def test_ltse_answers_an_instruction_with_text_and_the_masks_of_the_bundle_command(server, tmp_path):
+    records = server["data"]["ltse"]
+    record = json.loads(Path(records).read_text().splitlines()[0])
+    image = Path(records).parent / record["image"]
+    label = read_png(infer(server, "ltse", image, instruction=record["instruction"])[1], tmp_path)
+    _, body = infer(server, "ltse", image, output="json", instruction=record["instruction"])
+    answer = json.loads(body)
+    assert answer["instruction"] == record["instruction"] and isinstance(answer["answer"], str)
+    assert label.shape == np.asarray(Image.open(image)).shape[:2] and label.dtype == np.uint8
+    # the same answer and masks as `monai.bundle run inferring` with the packaged bundle
+    served_bundle = server["bundles"]["ltse"]
+    bundle("inferring", "--config_file", str(served_bundle / "configs" / "inference.json"), "--image", str(image),
+           "--instruction", record["instruction"], "--output_dir", str(tmp_path / "cli"), "--device", "cpu",
+           cwd=served_bundle)
+    assert (tmp_path / "cli" / f"{image.stem}_answer.txt").read_text().strip() == answer["answer"]
+    segs = [np.asarray(Image.open(tmp_path / "cli" / f"{image.stem}_seg{k}.png")) > 0
+            for k in range(1, len(answer["segments"]) + 1)]
+    assert not (tmp_path / "cli" / f"{image.stem}_seg{len(segs) + 1}.png").exists()
+    assert [s["label"] for s in answer["segments"]] == list(range(1, len(segs) + 1))
+    union = np.any(segs, axis=0) if segs else np.zeros(label.shape, bool)
+    assert np.array_equal(label > 0, union)
+    for k, seg in enumerate(segs, start=1):  # where masks overlap the higher logit wins: inside its own mask
+        assert not (label == k)[~seg].any() and answer["segments"][k - 1]["pixels"] == int((label == k).sum())
+    status, _, body = post_form(f"{server['url']}/infer/ltse?output=image", fields={"params": "{}"},
+                                files={"file": image})
+    assert status == 422 and "ltse needs an instruction" in json.loads(body)["detail"]
 
 
 def test_tmca_two_prompts_give_two_masks_and_the_same_as_the_bundle_command(server, tmp_path):
@@ -412,3 +455,50 @@ def test_monch_trains_with_two_processes_on_monai_labels_datalist(served):
     assert all(Path(r["image"]).parent == studies and "label" in r for r in request["train_datalist"])
     state = torch.load(run / "models" / "checkpoint_epoch=1.pt", map_location="cpu", weights_only=True)
     assert state["trainer"]["iteration"] == 1  # 6 records, 3 per process, batches of 2 (drop_last)
+
+
+LABEL_ENV_ANSWER = r'''
+import json, sys
+import numpy as np, torch
+sys.path.insert(0, sys.argv[1])
+from lib.answer import AnswerInferTask
+from lib.serving import read_serving
+
+
+class Answering(torch.nn.Module):
+    """Answers every instruction alike: two masks that overlap, one rejected target."""
+    def generate(self, image, instruction, max_new_tokens=64, threshold=0.0):
+        h, w = image.shape[-2:]
+        a, b = torch.full((h, w), -4.0), torch.full((h, w), -4.0)
+        a[:, : w // 2 + 2] = 1.0
+        b[:, w // 2 - 2:] = 2.0
+        return {"answer": "Sure, tumor [SEG], necrosis [REJ], the stroma [SEG].", "tokens": ["[SEG]", "[REJ]", "[SEG]"],
+                "masks": [a > threshold, b > threshold], "mask_logits": [a, b]}
+
+
+task = AnswerInferTask(read_serving(sys.argv[2]), {})
+task._model = lambda device: (Answering(), {"max_new_tokens": 8})
+label, answer = task({"image": sys.argv[3], "instruction": "Please segment the tumor, necrosis and stroma.", "device": "cpu"})
+print("RESULT " + json.dumps({"label": np.asarray(__import__("PIL.Image").Image.open(label)).tolist(), "answer": answer}))
+'''
+
+
+def test_ltse_answer_json_names_each_segment_and_the_rejected_targets(tmp_path):
+    """The answer task's writer in MONAI Label's environment, on a network whose answer is known: value k is
+    the k-th [SEG] (the higher logit where two overlap), the words before each [SEG] / [REJ] come back."""
+    if not LABEL_PY.is_file():
+        pytest.fail(f"{LABEL_VENV} does not exist: run `make label-env`")
+    image = tmp_path / "patch.png"
+    Image.fromarray(np.zeros((4, 10, 3), np.uint8)).save(image)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    env.pop("PYTHONPATH", None)
+    proc = subprocess.run([str(LABEL_PY), "-c", LABEL_ENV_ANSWER, str(ROOT / "scripts" / "label_app"),
+                           str(ROOT / "bundles" / "ltse"), str(image)], capture_output=True, text=True, env=env,
+                          timeout=300, cwd=tmp_path)
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    result = json.loads(lines[-1][len("RESULT "):])
+    assert result["label"] == [[1, 1, 1, 2, 2, 2, 2, 2, 2, 2]] * 4
+    answer = result["answer"]
+    assert answer["segments"] == [{"label": 1, "phrase": "tumor", "pixels": 12}, {"label": 2, "phrase": "stroma", "pixels": 28}]
+    assert answer["rejected"] == ["necrosis"] and answer["answer"].startswith("Sure, tumor [SEG]")

@@ -15,6 +15,7 @@ whose slot is a [SEG]. [REJ] slots have no mask and no mask loss. At most ``max_
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -90,6 +91,26 @@ def slot_tokens(token_ids: Sequence[int] | torch.Tensor, seg_id: int, rej_id: in
     ids = token_ids.tolist() if isinstance(token_ids, torch.Tensor) else list(token_ids)
     names = {seg_id: SEG_TOKEN} | ({rej_id: REJ_TOKEN} if rej_id is not None else {})
     return [names[i] for i in ids if i in names]
+
+
+_SLOT = re.compile(r"([^,.;:\[\]]*)(\[SEG\]|\[REJ\])")
+_LEAD = re.compile(r"^(?:sure|yes|ok(?:ay)?|and|the)\b[\s,]*", re.IGNORECASE)
+
+
+def slot_phrases(answer: str) -> list[tuple[str, str]]:
+    """``(phrase, token)`` for each [SEG] / [REJ] of an answer's text, in order: the words just before the
+    token ("Sure, tumor [SEG], necrosis [REJ]." -> [("tumor", "[SEG]"), ("necrosis", "[REJ]")]); a token with
+    no words before it (", [SEG]") gets "". What a person reads next to the k-th mask."""
+    out = []
+    for words, token in _SLOT.findall(answer):
+        phrase = words.strip()
+        while _LEAD.match(phrase):
+            stripped = _LEAD.sub("", phrase, count=1).strip()
+            if stripped == phrase:
+                break
+            phrase = stripped
+        out.append((phrase, token))
+    return out
 
 
 def masks_for_targets(tokens: Sequence[str], num_targets: int, multi_seg: bool = True) -> list[int | None]:

@@ -12,8 +12,10 @@
 * ``texts``: the texts file in the studies folder (default ``texts.json``; format in ``lib/serving.py``).
 
 An inference request sends the image (``-F file=@...``, or ``?image=<datastore id>``) and, in the ``params``
-form field, the model's options: ``{"text": "..."}`` (LSMS also ``"slice": 57`` for a CT volume). A
-datastore image without a text in the request uses the one stored for it. ``/train/<name>`` fine-tunes the
+form field, the model's options: ``{"text": "..."}`` (LSMS also ``"slice": 57`` for a CT volume; LTSE
+``{"instruction": "Please segment the tumor and the necrosis."}``, answered with text in the JSON and one
+label value per [SEG] in the label file, ``lib/answer.py``). A datastore image without a text in the
+request uses the one stored for it. ``/train/<name>`` fine-tunes the
 served model on the datastore's labelled images and replaces ``models/model.pt`` when it has finished.
 """
 
@@ -32,6 +34,7 @@ from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 
+from lib.answer import AnswerInferTask
 from lib.infer import TextBundleInferTask
 from lib.serving import TEXTS_FILE, RequestError, read_serving, read_texts, request_fields, stored_entries
 from lib.train import FinetuneBundleTrainTask
@@ -57,13 +60,14 @@ class TextGuidedSegmentationApp(MONAILabelApp):
             self.servings[serving.name] = serving
         self.texts_file = conf.get("texts", TEXTS_FILE)
         super().__init__(app_dir=app_dir, studies=studies, conf=conf, name="Text-guided segmentation bundles",
-                         description="An image and a text prompt in, a mask out: " + ", ".join(self.servings),
+                         description="An image and a text prompt (or an instruction) in, a mask out: " + ", ".join(self.servings),
                          version="0.1.0")
 
     def init_infers(self) -> Dict[str, InferTask]:
         infers = {}
         for name, serving in self.servings.items():
-            task = TextBundleInferTask(serving, self.conf)
+            task_class = AnswerInferTask if serving.infer_task == "answer" else TextBundleInferTask
+            task = task_class(serving, self.conf)
             if not task.is_valid():
                 raise RuntimeError(f"{serving.bundle} could not be served (see the log above)")
             infers[name] = task

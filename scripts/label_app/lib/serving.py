@@ -1,14 +1,17 @@
 """What the MONAI Label app needs to know about a bundle and its data, without MONAI Label itself.
 
 * :class:`Serving`: a bundle's ``configs/monailabel.yaml`` (or ``.json`` in a model-zoo zip): the labels
-  clients paint, the per-request fields they show (``text``, ``slice``), what a training record needs,
-  which post-processed key is the returned label and which go into the JSON answer, and whether the
-  bundle can be trained from the app (``training``: true, or why not).
+  clients paint, the per-request fields they show (``text``, ``slice``; ``instruction`` for a bundle that
+  answers in words), which task serves it (``infer_task``: ``bundle``, the bundle's pre/post-processing
+  around one forward pass; ``answer``, an instruction answered with text and one mask per [SEG]), what a
+  training record needs, which post-processed key is the returned label and which go into the JSON
+  answer, and whether the bundle can be trained from the app (``training``: true, or why not).
 * Stored texts: a client attaches them to an image in the datastore (its image info) or the studies
   folder holds ``texts.json``; both are read by :func:`entries` into records' extra fields.
 * :func:`request_fields`: the ``text`` / ``slice`` of one inference request, completed from what is
   stored for a datastore image, checked (a :class:`RequestError` says what to send).
 * :func:`training_records`: the datastore's labelled images as the bundle's training records.
+* :func:`segment_label_map`: an answer's [SEG] masks as one label map (value k: the k-th [SEG]).
 * :func:`write_prediction`: the returned label file: a PNG or NIfTI of the input's size, or for a slice of a
   CT volume a label volume of the CT's geometry with that slice filled in.
 
@@ -36,6 +39,8 @@ import yaml
 logger = logging.getLogger(__name__)
 
 TEXTS_FILE = "texts.json"
+PROMPT_FIELDS = ("text", "instruction")  # the request's words: a prompt (TMCA, LSMS) or an instruction (LTSE)
+INFER_TASKS = ("bundle", "answer")
 VOLUME_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 NIFTI = (".nii.gz", ".nii")
 
@@ -58,10 +63,15 @@ class Serving:
     label_key: str = "pred"                 # the post-processed record's key holding the returned label map
     result_keys: dict[str, str] = field(default_factory=dict)  # JSON answer field -> record key (e.g. instances)
     training: str | None = None             # why /train is not offered for this bundle (None: it is)
+    infer_task: str = "bundle"              # "answer": instruction in, answer text + one mask per [SEG] out
 
     @property
     def needs_text(self) -> bool:
         return "text" in self.infer_options
+
+    @property
+    def prompt_fields(self) -> list[str]:
+        return [f for f in PROMPT_FIELDS if f in self.infer_options]
 
     @property
     def takes_slice(self) -> bool:
@@ -86,9 +96,14 @@ def read_serving(bundle: str | Path) -> Serving:
         raise ValueError(f"{path}: label_names must map each label's name to its value in the returned mask "
                          f"(integers from 1; 0 is background), got {labels!r}")
     options = config.get("infer_options") or {}
-    unknown = set(options) - {"text", "slice"}
+    unknown = set(options) - {*PROMPT_FIELDS, "slice"}
     if unknown:
-        raise ValueError(f"{path}: infer_options may hold text and slice, not {sorted(unknown)}")
+        raise ValueError(f"{path}: infer_options may hold text, instruction and slice, not {sorted(unknown)}")
+    infer_task = str(config.get("infer_task") or "bundle")
+    if infer_task not in INFER_TASKS:
+        raise ValueError(f"{path}: infer_task must be one of {list(INFER_TASKS)}, got {infer_task!r}")
+    if infer_task == "answer" and "instruction" not in options:
+        raise ValueError(f"{path}: infer_task answer takes an instruction: add instruction to infer_options")
     result_keys = config.get("result_keys") or {}
     if not isinstance(result_keys, dict) or not all(isinstance(v, str) for v in result_keys.values()):
         raise ValueError(f"{path}: result_keys must map a field of the JSON answer to a key of the post-processed "
@@ -98,7 +113,7 @@ def read_serving(bundle: str | Path) -> Serving:
                    infer_options=dict(options), record_requires=list(config.get("record_requires") or []),
                    record_defaults=dict(config.get("record_defaults") or {}),
                    label_key=str(config.get("label_key") or "pred"), result_keys=dict(result_keys),
-                   training=None if training is True else str(training))
+                   training=None if training is True else str(training), infer_task=infer_task)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -173,16 +188,18 @@ def request_fields(request: Mapping, serving: Serving, stored: list[dict]) -> di
     values, else the first stored record's. Raises :class:`RequestError` when the model cannot run."""
     fields: dict[str, Any] = {}
     first = stored[0] if stored else {}
-    if serving.needs_text:
-        text = request.get("text")
+    for name in serving.prompt_fields:  # a stored text serves as an instruction too (texts.json holds texts)
+        text = request.get(name)
         if text is None or not str(text).strip():
-            text = first.get("text")
+            text = first.get(name, first.get("text"))
         if isinstance(text, list):
             text = text[0] if text else ""
         if text is None or not str(text).strip():
-            raise RequestError(f"{serving.name} needs a text: send -F 'params={{\"text\": \"...\"}}' with the image, "
-                               "or store one for the image (PUT /datastore/image/info, or texts.json in the studies folder)")
-        fields["text"] = str(text)
+            article = "an" if name[0] in "aeiou" else "a"
+            raise RequestError(f"{serving.name} needs {article} {name}: send -F 'params={{\"{name}\": \"...\"}}' with the "
+                               "image, or store one for the image (PUT /datastore/image/info, or texts.json in the "
+                               "studies folder)")
+        fields[name] = str(text)
     if serving.takes_slice:
         index = as_slice(request.get("slice"))
         if index is None:
@@ -233,6 +250,19 @@ def _extension(path: str) -> str:
         if name.endswith(ext):
             return ext
     return Path(name).suffix
+
+
+def segment_label_map(mask_logits, threshold: float = 0.0) -> np.ndarray:
+    """One label map from an answer's [SEG] masks (``(K, H, W)`` logits, or a list of K ``(H, W)``): value k
+    (1..K) where the k-th [SEG]'s logit is above ``threshold`` and the highest of the masks there; 0 where no
+    mask is. (Masks of different targets may overlap; a label map holds one value per pixel.)"""
+    logits = [np.asarray(m.detach().float().cpu() if hasattr(m, "detach") else m, np.float32) for m in mask_logits]
+    if not logits:
+        raise ValueError("no masks: an answer without [SEG] has no label map")
+    stack = np.stack(logits)
+    label = stack.argmax(0).astype(np.uint8) + 1
+    label[stack.max(0) <= threshold] = 0
+    return label
 
 
 def write_prediction(pred, image_path: str, out_dir: str | Path, slice_index: int | None = None,
