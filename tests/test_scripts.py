@@ -92,3 +92,24 @@ def test_benchmark_monch_takes_images_only(tmp_path):
     row = json.loads(out.read_text())["rows"][0]
     assert row["params_m"] == row["image_params_m"] > 0  # the text tower is gone once the prompts are encoded
     assert row["gflops"] > 0 and row["train_img_s"] > 0
+
+
+def test_benchmark_ltse_counts_the_7b_configuration_and_times_the_tiny_model(tmp_path):
+    """The paper-size network is counted on the meta device (nothing allocated); the trained parts match
+    hand counts: LoRA r=8 on q and v of 32 layers of width 4096, two new-token rows in the embedding and the
+    untied lm_head, the [SEG] projector 4096 -> 4096 -> 256. The tiny model runs the timed path."""
+    out = tmp_path / "big.json"
+    proc = run("scripts/benchmark.py", "--bundle", "ltse", "--device", "cpu", "--size", "7b", "--settings", "[]",
+               "--json_out", str(out))
+    parts = {p["part"]: p for p in json.loads(out.read_text())["parts"]}
+    assert parts["LoRA (LLM)"]["trainable_m"] * 1e6 == 32 * 2 * (4096 * 8 + 8 * 4096)
+    assert parts["new-token rows ([SEG], [REJ])"]["trainable_m"] * 1e6 == 2 * 2 * 4096
+    assert parts["[SEG] projector"]["trainable_m"] * 1e6 == 4096 * 4096 + 4096 + 4096 * 256 + 256
+    assert parts["LLM (Vicuna/Llama)"]["trainable_m"] == 0 and 6700 < parts["LLM (Vicuna/Llama)"]["params_m"] < 6800
+    assert parts["SAM image encoder"]["trainable_m"] == 0 and 630 < parts["SAM image encoder"]["params_m"] < 640
+    assert "| **all** | **7740.05** | **39.06** (0.50 %) |" in proc.stdout
+    out = tmp_path / "tiny.json"
+    run("scripts/benchmark.py", "--bundle", "ltse", "--device", "cpu", "--size", "tiny", "--settings", "['fp32']",
+        "--steps", "1", "--warmup", "0", "--new_tokens", "4", "--json_out", str(out))
+    row = json.loads(out.read_text())["rows"][0]
+    assert row["setting"] == "fp32" and row["train_s_per_step"] > 0 and row["answer_s"] > 0

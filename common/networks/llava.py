@@ -35,7 +35,7 @@ from common.core.errors import PretrainedWeightsError
 from common.core.pretrained import hub_offline, resolve_hf_model
 
 __all__ = ["LLAVA_V1_TEMPLATE", "IGNORE_INDEX", "load_llava_processor", "tokenize_conversation", "LlavaLM",
-           "tiny_llava_config", "build_tiny_tokenizer", "save_tiny_llava"]
+           "tiny_llava_config", "llava_7b_config", "build_tiny_tokenizer", "save_llava_folder", "save_tiny_llava"]
 
 # LLaVA v1 conversation (vicuna_v1, used by LLaVA v1.1 / 1.5 and by LISA): system prompt, USER, ASSISTANT
 LLAVA_V1_TEMPLATE = ("A chat between a curious human and an artificial intelligence assistant. The assistant gives "
@@ -324,27 +324,66 @@ def tiny_llava_config(vocab_size: int, image_token_id: int = 4, hidden_size: int
     }
 
 
-def save_tiny_llava(folder: str | Path, seed: int = 0, **config_kwargs) -> str:
-    """Write a tiny LLaVA folder (weights, tokenizer, processor) that :class:`LlavaLM` and
-    :func:`load_llava_processor` read like any checkpoint; ``config_kwargs`` go to
-    :func:`tiny_llava_config`. Returns the folder."""
+def llava_7b_config(vocab_size: int = 32064, image_token_id: int = 32000) -> dict:
+    """The architecture of ``llava-hf/llava-1.5-7b-hf`` as a ``LlavaConfig`` dict (Vicuna-7B: 32 layers,
+    d = 4096; CLIP ViT-L/14 at 336 px: 576 image tokens; a two-layer GELU projector), for random-weight
+    benchmarks without a download. ``vocab_size`` / ``image_token_id`` follow the tokenizer in use."""
+    return {
+        "vision_config": {"model_type": "clip_vision_model", "hidden_size": 1024, "intermediate_size": 4096,
+                          "num_hidden_layers": 24, "num_attention_heads": 16, "image_size": 336, "patch_size": 14,
+                          "projection_dim": 768, "hidden_act": "quick_gelu"},
+        "text_config": {"model_type": "llama", "hidden_size": 4096, "intermediate_size": 11008,
+                        "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32,
+                        "vocab_size": vocab_size, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5,
+                        "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 3, "tie_word_embeddings": False},
+        "image_token_index": image_token_id,
+        "image_seq_length": 576,
+        "projector_hidden_act": "gelu",
+        "vision_feature_layer": -2,
+        "vision_feature_select_strategy": "default",
+        "tie_word_embeddings": False,
+    }
+
+
+def save_llava_folder(folder: str | Path, config: dict | None = None, weights: bool = True, seed: int = 0,
+                      **tiny_kwargs) -> str:
+    """Write a LLaVA folder that :class:`LlavaLM` and :func:`load_llava_processor` read like any checkpoint:
+    the tokenizer trained in code (:func:`build_tiny_tokenizer`), a CLIP image processor and a processor
+    for ``config``'s vision tower, the config, and (``weights``) random weights. ``config``: a dict taking
+    the tokenizer's size as ``vocab_size`` and its ``<image>`` id (:func:`llava_7b_config`), default the
+    tiny one (``tiny_kwargs`` go to :func:`tiny_llava_config`). Without weights the folder serves
+    ``LlavaLM(pretrained=False)``: the architecture with random weights, nothing written but the config."""
     from transformers import CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
     tokenizer = build_tiny_tokenizer()
-    config = tiny_llava_config(len(tokenizer), tokenizer.convert_tokens_to_ids("<image>"), **config_kwargs)
+    image_token = tokenizer.convert_tokens_to_ids("<image>")
+    if config is None:
+        config = tiny_llava_config(len(tokenizer), image_token, **tiny_kwargs)
+    else:
+        config = {**config, "image_token_index": image_token,
+                  "text_config": {**config["text_config"], "vocab_size": max(len(tokenizer),
+                                                                             config["text_config"]["vocab_size"])}}
     size = config["vision_config"]["image_size"]
     image_processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
                                          image_mean=_CLIP_MEAN, image_std=_CLIP_STD)
     processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer,
                                patch_size=config["vision_config"]["patch_size"],
                                vision_feature_select_strategy="default", num_additional_image_tokens=1)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = LlavaForConditionalGeneration(LlavaConfig.from_dict(config))
     folder = Path(folder)
-    model.save_pretrained(folder)
+    if weights:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            LlavaForConditionalGeneration(LlavaConfig.from_dict(config)).save_pretrained(folder)
+    else:
+        LlavaConfig.from_dict(config).save_pretrained(folder)
     processor.save_pretrained(folder)
     return str(folder)
+
+
+def save_tiny_llava(folder: str | Path, seed: int = 0, **config_kwargs) -> str:
+    """A tiny LLaVA folder with random weights (:func:`save_llava_folder`); ``config_kwargs`` go to
+    :func:`tiny_llava_config`. Returns the folder."""
+    return save_llava_folder(folder, seed=seed, **config_kwargs)
 
 
 def ensure_tiny_llava(folder: str | Path = "sample_data/tiny_llava", seed: int = 0, **config_kwargs) -> str:
