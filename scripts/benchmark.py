@@ -7,13 +7,18 @@
     python scripts/benchmark.py --bundle monch --image_size 256 --batch_size 8
     python scripts/benchmark.py --bundle ltse [--size 7b|tiny] [--llava FOLDER]   # scripts/ltse_benchmark.py
 
-Settings: ``fp32`` (eager, float32), ``bf16`` (bf16 autocast + channels-last), and
-``+compile`` on either (``torch.compile`` of the network). Per setting it reports
-training images/s (forward + loss + backward + AdamW step on a batch), inference
-ms/image (batch 1, eval mode), peak GPU memory during training, parameters and
-forward GFLOPs per image (``common.evaluation.cost.forward_flops``: one multiply-add counts
-as two FLOPs, attention projections and products included), each also without the text
-encoder (the "image branch").
+Settings: ``fp32`` (eager, float32), ``bf16`` (bf16 autocast + channels-last), ``+compile`` on
+either (``torch.compile`` of the network), and ``all``: bf16 + channels-last + compile + the fused
+AdamW kernel (the levers of ``train.yaml``: ``precision``, ``channels_last``, ``compile``,
+``fused_optimizer``; the batch lives on the device, as with ``data_on_device``, and the frozen text
+encoder's features come from its per-text cache). Per setting it reports training images/s
+(forward + loss + backward + AdamW step on a batch; no host synchronisation inside the loop),
+the first step's extra seconds (compilation, reported apart from the throughput), inference ms/image
+(batch 1, eval mode), peak GPU memory during training, the share of training wall time the GPU
+spends in kernels (CUDA only, from the profiler), the speed-up over ``fp32`` when that setting is
+measured too, parameters and forward GFLOPs per image (``common.evaluation.cost.forward_flops``: one
+multiply-add counts as two FLOPs, attention projections and products included), each also without
+the text encoder (the "image branch").
 
 The network comes from the bundle's ``configs/train.yaml`` with ``--override`` values and random
 weights (every pretrained argument at its "no download" value); the input size and whether a prompt
@@ -40,7 +45,7 @@ import torch
 from _repo import bundle_names, metadata, read_bundle_config
 from common.core.describe import bundle_scripts
 
-SETTINGS = ("fp32", "bf16", "fp32+compile", "bf16+compile")
+SETTINGS = ("fp32", "bf16", "fp32+compile", "bf16+compile", "all")
 
 
 def bundle_spec(bundle: str) -> dict:
@@ -132,13 +137,32 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
+def gpu_busy_percent(step, steps: int, device: torch.device) -> float:
+    """Share of wall time the GPU spends in kernels over ``steps`` calls of ``step`` (the profiler's CUDA
+    kernel time; data loading, host synchronisation and launch gaps are what is missing); NaN off CUDA."""
+    if device.type != "cuda":
+        return float("nan")
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    _sync(device)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        _sync(device)
+        wall = time.perf_counter() - start
+    kernels_us = sum(e.self_device_time_total for e in prof.key_averages() if e.device_type == DeviceType.CUDA)
+    return 100.0 * kernels_us / 1e6 / wall
+
+
 def _measure(cfg, spec: dict, setting: str, device: torch.device, batch_size: int, image_size: int, steps: int,
              warmup: int):
     from common.engine.trainer import autocast_context
     from common.evaluation.cost import forward_flops
     from common.engine.network import trainable_parameters
 
-    precision = "bf16" if setting.startswith("bf16") else "fp32"
+    precision = "bf16" if setting.startswith("bf16") or setting == "all" else "fp32"
     channels_last = precision == "bf16" and device.type == "cuda"
     torch.manual_seed(0)
     net = _network(cfg, device)
@@ -157,26 +181,37 @@ def _measure(cfg, spec: dict, setting: str, device: torch.device, batch_size: in
     gflops = flops / 1e9
     image_gflops = gflops - _text_flops(per_module) / 1e9
 
-    model = torch.compile(net) if "compile" in setting else net
-    optimizer = torch.optim.AdamW(trainable_parameters(net), lr=1e-4)
+    model = torch.compile(net) if "compile" in setting or setting == "all" else net
+    optimizer = torch.optim.AdamW(trainable_parameters(net), lr=1e-4, fused=setting == "all" or None)
     inputs, label = _batch(cfg, spec, batch_size, image_size, device)
     if channels_last:
         inputs = (inputs[0].contiguous(memory_format=torch.channels_last), *inputs[1:])
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     model.train()
-    for step in range(warmup + steps):
-        if step == warmup:
-            _sync(device)
-            start = time.perf_counter()
+
+    def train_step():
         optimizer.zero_grad(set_to_none=True)
         with autocast_context(device, precision):
             terms = loss_fn(model(*inputs), label)
         (terms["loss"] if isinstance(terms, dict) else terms).backward()
         optimizer.step()
+
     _sync(device)
-    train_ips = steps * batch_size / (time.perf_counter() - start)
+    start = time.perf_counter()
+    train_step()  # compiles, when compiled
+    _sync(device)
+    first_s = time.perf_counter() - start
+    for step in range(max(warmup - 1, 0) + steps):
+        if step == max(warmup - 1, 0):
+            _sync(device)
+            start = time.perf_counter()
+        train_step()
+    _sync(device)
+    step_s = (time.perf_counter() - start) / steps
+    train_ips = batch_size / step_s
     peak_gb = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    busy = gpu_busy_percent(train_step, steps, device)
 
     model.eval()
     one = tuple(x[:1] for x in inputs)
@@ -191,6 +226,7 @@ def _measure(cfg, spec: dict, setting: str, device: torch.device, batch_size: in
     infer_ms = 1000 * (time.perf_counter() - start) / steps
     return {
         "setting": setting, "train_img_s": train_ips, "infer_ms": infer_ms, "peak_gb": peak_gb,
+        "first_step_extra_s": max(first_s - step_s, 0.0), "gpu_busy_pct": busy,
         "params_m": params / 1e6, "trainable_m": trainable / 1e6, "image_params_m": (params - text_params) / 1e6,
         "gflops": gflops, "image_gflops": image_gflops,
     }
@@ -258,14 +294,19 @@ def main(
         f"{bundle} on {name}, torch {torch.__version__}, batch {batch_size} for training, {image_size}x{image_size}, "
         f"text encoder: {text_encoder}",
         "",
-        "| setting | train images/s | inference ms/image (batch 1) | peak train memory (GiB) | params (M) "
-        "| without text encoder (M) | trainable (M) | GFLOPs/image | without text encoder |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| setting | train images/s | speed-up over fp32 | first step extra (s) | inference ms/image (batch 1) "
+        "| peak train memory (GiB) | GPU busy (%) | params (M) | without text encoder (M) | trainable (M) "
+        "| GFLOPs/image | without text encoder |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    eager = next((r["train_img_s"] for r in rows if r["setting"] == "fp32"), None)
     for r in rows:
-        mem = "n/a (CPU)" if r["peak_gb"] != r["peak_gb"] else f"{r['peak_gb']:.2f}"
-        lines.append(f"| {r['setting']} | {r['train_img_s']:.1f} | {r['infer_ms']:.1f} | {mem} | {r['params_m']:.2f} | "
-                     f"{r['image_params_m']:.2f} | {r['trainable_m']:.2f} | {r['gflops']:.2f} | {r['image_gflops']:.2f} |")
+        na = lambda v, f: "n/a (CPU)" if v != v else format(v, f)  # noqa: E731
+        speedup = f"{r['train_img_s'] / eager:.2f}x" if eager else "-"
+        lines.append(f"| {r['setting']} | {r['train_img_s']:.1f} | {speedup} | {r['first_step_extra_s']:.2f} | "
+                     f"{r['infer_ms']:.1f} | {na(r['peak_gb'], '.2f')} | {na(r['gpu_busy_pct'], '.0f')} | "
+                     f"{r['params_m']:.2f} | {r['image_params_m']:.2f} | {r['trainable_m']:.2f} | {r['gflops']:.2f} | "
+                     f"{r['image_gflops']:.2f} |")
     table = "\n".join(lines)
     print(table)
     if json_out:

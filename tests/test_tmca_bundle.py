@@ -94,6 +94,20 @@ def test_seeded_runs_repeat_exactly(data, trained, tmp_path):
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
+def test_speed_levers_change_where_work_happens_not_the_result(data, trained, tmp_path):
+    """data_on_device (the cache on the device, batches from the main process) with a deferred loss check gives
+    the very weights of the default run; the fused optimiser agrees to float rounding."""
+    def weights(folder):
+        return torch.load(folder / "models" / "checkpoint_epoch=1.pt", map_location="cpu", weights_only=True)["model"]
+
+    bundle(*train_args("tmca", data, tmp_path / "levers", "--data_on_device", "true", "--finite_check_interval", "3"))
+    a, b = weights(trained), weights(tmp_path / "levers")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    bundle(*train_args("tmca", data, tmp_path / "fused", "--fused_optimizer", "true"))
+    c = weights(tmp_path / "fused")
+    assert all(torch.allclose(a[k].float(), c[k].float(), atol=1e-5) for k in a)
+
+
 def test_evaluating_writes_tables_overlays_and_text_ablation(data, trained):
     proc = bundle(*eval_args("tmca", data, trained, "--num_overlays", "2"))
     ev = trained / "eval"

@@ -110,18 +110,27 @@ class TextGuidedTrainer(SupervisedTrainer):
         accumulation_steps: step the optimiser every N iterations (and at the end of each epoch), with
             the gradients of those N batches summed and each loss divided by N: the gradient of a batch N
             times larger. The logged loss is the batch's own (undivided).
+        finite_check_interval: iterations between host checks of a non-finite loss. Reading the loss on
+            the host waits for the GPU to finish the step; with N > 1 the check is kept on the device and
+            read every N iterations (and at the epoch's end), and the error names the iterations since the
+            last check (the steps in between have used the bad loss: resume from a checkpoint).
     """
 
     def __init__(self, *args, precision: str = "fp32", grad_clip: float | None = None, accumulation_steps: int = 1,
-                 **kwargs):
+                 finite_check_interval: int = 1, **kwargs):
         if kwargs.get("amp"):
             raise ValueError("use precision='bf16' or 'fp16' instead of amp=True with TextGuidedTrainer")
         if kwargs.get("compile"):
             raise ValueError("compile the network itself (common.engine.network.prepare_network(..., compile=True))")
         if int(accumulation_steps) < 1:
             raise ValueError(f"accumulation_steps must be at least 1, got {accumulation_steps}")
+        if int(finite_check_interval) < 1:
+            raise ValueError(f"finite_check_interval must be at least 1, got {finite_check_interval}")
         super().__init__(*args, **kwargs)
         self.accumulation_steps = int(accumulation_steps)
+        self.finite_check_interval = int(finite_check_interval)
+        self._nonfinite: torch.Tensor | None = None  # device-side flag since the last check
+        self._checked_at = 0
         autocast_context("cpu", precision)  # validates the value
         self.precision = precision
         self.grad_clip = grad_clip
@@ -160,11 +169,7 @@ class TextGuidedTrainer(SupervisedTrainer):
                 engine.state.output[f"loss_{name}"] = value.detach().mean()
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
 
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"loss is {loss.item()} at epoch {engine.state.epoch}, iteration {engine.state.iteration}; "
-                "lower the learning rate or check the data"
-            )
+        self._check_finite(engine, loss, within == engine.state.epoch_length)
         scaled = loss / self.accumulation_steps if self.accumulation_steps > 1 else loss
         if self.grad_scaler is not None:
             self.grad_scaler.scale(scaled).backward()
@@ -182,6 +187,24 @@ class TextGuidedTrainer(SupervisedTrainer):
                 engine.optimizer.step()
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output
+
+    def _check_finite(self, engine, loss: torch.Tensor, epoch_end: bool) -> None:
+        iteration = engine.state.iteration
+        if self.finite_check_interval == 1:
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at epoch {engine.state.epoch}, iteration {iteration}; "
+                                         "lower the learning rate or check the data")
+            return
+        bad = ~torch.isfinite(loss.detach())
+        self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
+        if iteration - self._checked_at >= self.finite_check_interval or epoch_end:
+            since, self._checked_at = self._checked_at + 1, iteration
+            flag, self._nonfinite = self._nonfinite, None
+            if bool(flag):
+                raise FloatingPointError(
+                    f"the loss was not finite at one or more of iterations {since}-{iteration} (epoch "
+                    f"{engine.state.epoch}; checked every {self.finite_check_interval}); lower the learning rate or "
+                    "check the data, and resume from a checkpoint written before them")
 
     def _clip(self, engine) -> None:
         if self.grad_clip:
