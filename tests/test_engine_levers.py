@@ -73,3 +73,35 @@ def test_a_deferred_check_names_the_iterations_since_the_last_one():
     assert _run([1.0] * 7, 4).state.iteration == 7
     with pytest.raises(ValueError, match="finite_check_interval must be at least 1"):
         _run([1.0], 0)
+
+
+def test_a_time_budget_closes_the_running_epoch_and_ends_the_run():
+    """The epoch in which the budget runs out completes its iteration and fires EPOCH_COMPLETED (validation
+    and model savers run), and no further epoch starts."""
+    import time
+
+    from ignite.engine import Events
+    from monai.engines.utils import default_prepare_batch
+
+    from common.engine.trainer import TextGuidedTrainer, TimeBudget
+
+    net = torch.nn.Linear(1, 1)
+
+    def slow_loss(pred, label):
+        time.sleep(0.05)
+        return ((pred - label) ** 2).mean()
+
+    batches = [{"image": torch.ones(1, 1), "label": torch.ones(1, 1)}] * 10
+    trainer = TextGuidedTrainer(device="cpu", max_epochs=5, train_data_loader=batches, network=net,
+                                optimizer=torch.optim.SGD(net.parameters(), lr=0.1), loss_function=slow_loss,
+                                prepare_batch=default_prepare_batch, decollate=False)
+    budget = TimeBudget(0.12)
+    budget.attach(trainer)
+    closed = []
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: closed.append((e.state.epoch, e.state.iteration)))
+    trainer.run()
+    epoch, iteration = budget.stopped_at
+    assert epoch == 1 and 2 <= iteration < 10 and closed == [(1, iteration)]
+    TimeBudget(None).attach(trainer)  # no budget: nothing attached
+    with pytest.raises(ValueError, match="time_budget_s must be positive"):
+        TimeBudget(0)

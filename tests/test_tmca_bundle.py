@@ -108,6 +108,24 @@ def test_speed_levers_change_where_work_happens_not_the_result(data, trained, tm
     assert all(torch.allclose(a[k].float(), c[k].float(), atol=1e-5) for k in a)
 
 
+def test_the_kvasir_budget_recipe_stops_at_its_budget_with_a_validated_model(data, tmp_path):
+    """kvasir_budget.yaml (every lever, GPU-style augmentation with prompt-aware flips, a wall-clock budget)
+    resolves and trains on CPU at a small size; the epoch the budget ends in is validated and the run stops."""
+    out = tmp_path / "budget"
+    proc = bundle("training", "--config_file", str([str(CONFIGS / "train.yaml"), str(CONFIGS / "kvasir_budget.yaml")]),
+                  "--dataset_dir", str(data), "--output_dir", str(out), "--image_size", "64", "--image_encoder",
+                  "convnext_atto", "--batch_size", "4", "--compile", "false", "--precision", "fp32", "--channels_last",
+                  "false", "--time_budget_s", "4", "--val_interval", "1")
+    import re
+
+    log = proc.stdout + proc.stderr
+    stopped = int(re.search(r"time budget of 4 s reached at epoch (\d+)", log).group(1))
+    assert f"Epoch[{stopped}] Metrics -- val_dice" in log  # the cut epoch is validated
+    state = torch.load(out / "models" / f"checkpoint_epoch={stopped}.pt", map_location="cpu", weights_only=True)
+    assert state["trainer"]["max_epochs"] == stopped < 120 and (out / "models" / "model.pt").is_file()
+    assert not (out / "models" / f"checkpoint_epoch={stopped + 1}.pt").exists()
+
+
 def test_evaluating_writes_tables_overlays_and_text_ablation(data, trained):
     proc = bundle(*eval_args("tmca", data, trained, "--num_overlays", "2"))
     ev = trained / "eval"

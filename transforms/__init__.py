@@ -1,6 +1,7 @@
 """Shared MONAI dictionary transforms (``...d``) for the text-guided bundles."""
 
 from .checks import CheckSameSized
+from .flip import RandFlipWithTextd
 from .image import EnsureChannelsd
 from .io import LoadImageSafed
 from .masks import BinarizeMaskd, ColorMaskToLabeld
@@ -14,13 +15,14 @@ __all__ = [
     "EnsureChannelsd",
     "LoadImageSafed",
     "LoadReferringSliced",
+    "RandFlipWithTextd",
     "SelectLesiond",
     "SelectTextd",
     "ShuffleTexts",
     "TokenizeTextd",
 ]
 
-_MODULES = ("checks", "geojson", "image", "io", "masks", "pannuke", "puma", "referring", "text", "volumes")
+_MODULES = ("checks", "flip", "geojson", "image", "io", "masks", "pannuke", "puma", "referring", "text", "volumes")
 
 
 def __getattr__(name):

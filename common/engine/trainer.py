@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Any, Callable
 
 import torch
@@ -215,6 +216,48 @@ def loss_terms(output: Any) -> dict[str, float]:
     """``output_transform`` for stats handlers: ``loss`` and every ``loss_<term>`` as floats."""
     first = output[0] if isinstance(output, (list, tuple)) else output
     return {k: float(v) for k, v in first.items() if k == Keys.LOSS or k.startswith("loss_")}
+
+
+class TimeBudget:
+    """Stop training when ``seconds`` of wall-clock time have passed since it started (compilation,
+    data loading and validation included): the iteration running then completes, its epoch is closed
+    (``EPOCH_COMPLETED`` fires, so validation and the model savers run) and the run ends there. For
+    comparisons at a fixed budget ("the best model in 240 s"). ``None``: no budget. Under DDP every
+    process runs it and all stop at the same iteration (one all-reduce per iteration while a budget is set)."""
+
+    def __init__(self, seconds: float | None = None):
+        if seconds is not None and float(seconds) <= 0:
+            raise ValueError(f"time_budget_s must be positive (or null), got {seconds}")
+        self.seconds = None if seconds is None else float(seconds)
+        self.started = None
+        self.stopped_at: tuple[int, int] | None = None
+
+    def attach(self, engine) -> None:
+        if self.seconds is None:
+            return
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.STARTED, self._start)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._check)
+
+    def _start(self, engine) -> None:
+        self.started = time.perf_counter()
+
+    def _check(self, engine) -> None:
+        if self.stopped_at is not None:
+            return
+        over = time.perf_counter() - self.started >= self.seconds
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # every process stops at the same iteration, when the first of them runs out of time
+            flag = torch.tensor([float(over)], device=engine.state.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            over = bool(flag.item())
+        if over:
+            self.stopped_at = (engine.state.epoch, engine.state.iteration)
+            engine.logger.info("time budget of %.0f s reached at epoch %d, iteration %d: this epoch is the last",
+                               self.seconds, *self.stopped_at)
+            engine.state.max_epochs = engine.state.epoch
+            engine.terminate_epoch()
 
 
 class ProgressBar:
