@@ -115,3 +115,39 @@ def test_image_encoder_takes_a_timm_pretrained_tag(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     with pytest.raises(PretrainedWeightsError, match=r"convnext_tiny\.fb_in1k"):  # offline: the tag is what is looked for
         TimmFeatureEncoder("convnext_tiny.fb_in1k", weights="timm")
+
+
+def test_a_prepared_batch_is_looked_up_by_its_host_rows_and_compile_keeps_the_cache(tokenizer):
+    """Issue 16's levers for the frozen encoder: the trainer's batch preparation hands over the host copy of
+    the token rows, so the cache lookup reads nothing back from the device; under torch.compile the lookup
+    is a graph break, so repeated texts are still encoded once (before, compiling bypassed the cache)."""
+    from common.engine.trainer import TextPrepareBatch
+
+    enc = HFTextEncoder(MINILM, num_layers_to_average=1, cache_size=8)
+    calls = []
+    original = enc._encode
+    enc._encode = lambda i, m: calls.append(i.shape[0]) or original(i, m)
+    ids, mask = tokenizer.tokenize(["left lung", "right lung"])
+    batch = {"image": torch.zeros(2, 3, 4, 4), "label": torch.zeros(2, 1, 4, 4), "text_ids": ids, "text_mask": mask}
+    _, _, _, kwargs = TextPrepareBatch()(batch, torch.device("cpu"))
+    first = enc(**kwargs)
+    assert enc.rows_read_back == 0 and calls == [2]
+    enc(ids.clone(), mask.clone())  # not the prepared tensors: the rows are read from the tensors themselves
+    assert enc.rows_read_back == 1 and calls == [2]
+
+    class Head(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.text_encoder = enc
+
+        def forward(self, text_ids, text_mask):
+            return self.text_encoder(text_ids, text_mask).mean(1) * 2
+
+    compiled = torch.compile(Head(), backend="eager")
+    again = compiled(ids, mask)
+    compiled(ids, mask)
+    assert calls == [2]  # both calls answered from the cache
+    assert torch.allclose(again, first.mean(1) * 2)
+    other, other_mask = tokenizer.tokenize(["both lungs", "left lung"])
+    compiled(other, other_mask)
+    assert calls == [2, 1]  # only the new text is encoded

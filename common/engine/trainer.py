@@ -49,6 +49,14 @@ class TextPrepareBatch(PrepareBatchExtraInput):
         if missing:
             raise KeyError(f"the batch has no {missing}: add TokenizeTextd to the transforms")
         image, label, args, kwargs_ = super().__call__(batchdata, device, non_blocking, **kwargs)
+        ids_key, mask_key = self.extra_keys.get("text_ids"), self.extra_keys.get("text_mask")
+        host_ids, host_mask = batchdata.get(ids_key), batchdata.get(mask_key)
+        if (isinstance(host_ids, torch.Tensor) and isinstance(host_mask, torch.Tensor) and host_ids.device.type == "cpu"
+                and "text_ids" in kwargs_ and "text_mask" in kwargs_):
+            # the frozen text encoder's cache looks the texts up by these host rows (no copy back from the GPU)
+            from common.networks.text_encoders import remember_host_text
+
+            remember_host_text(kwargs_["text_ids"], kwargs_["text_mask"], host_ids, host_mask)
         if self.plain_tensors:
             image = image.as_tensor() if hasattr(image, "as_tensor") else image
             label = label.as_tensor() if hasattr(label, "as_tensor") else label

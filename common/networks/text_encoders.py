@@ -3,10 +3,17 @@
 Networks take ``(text_ids, text_mask)`` as forward arguments; the tokenizer that
 produces them lives in :class:`transforms.text.TokenizeTextd` and is loaded from
 the same config value as the encoder (see :mod:`common.core.pretrained`).
+
+A frozen encoder keeps the features of each distinct text (clinical prompts repeat), keyed by the
+token row on the host. The trainer's ``TextPrepareBatch`` hands over the host copy of the rows it moves
+to the GPU (:func:`remember_host_text`), so the lookup never copies ids back from the device (a copy
+that would make the host wait for the GPU every step); the cache also works under ``torch.compile``
+(the lookup runs outside the compiled graph).
 """
 
 from __future__ import annotations
 
+import weakref
 from collections import OrderedDict
 
 import torch
@@ -14,6 +21,26 @@ from torch import nn
 
 from common.core.describe import configurable
 from common.core.pretrained import load_hf_text_model
+
+
+_HOST_TEXT: tuple | None = None  # (weakref to the device ids, weakref to the device mask, host rows)
+
+
+def remember_host_text(device_ids: torch.Tensor, device_mask: torch.Tensor, host_ids: torch.Tensor,
+                       host_mask: torch.Tensor) -> None:
+    """Record the host copy of the token rows just moved to the device, for the cache lookup of the
+    forward that receives these very device tensors (matched by identity, so nothing stale is used)."""
+    global _HOST_TEXT
+    rows = torch.cat([host_ids.long(), host_mask.long()], dim=1).numpy()
+    _HOST_TEXT = (weakref.ref(device_ids), weakref.ref(device_mask), rows)
+
+
+def _host_rows(text_ids: torch.Tensor, text_mask: torch.Tensor):
+    """The remembered host rows of exactly these tensors, or None."""
+    if _HOST_TEXT is None:
+        return None
+    ids_ref, mask_ref, rows = _HOST_TEXT
+    return rows if ids_ref() is text_ids and mask_ref() is text_mask else None
 
 
 @configurable(pretrained={"pretrained": False})
@@ -27,8 +54,8 @@ class HFTextEncoder(nn.Module):
             layers (TMCA uses 3).
         freeze: keep the encoder's weights fixed and in eval mode. A frozen
             encoder caches the features of each distinct token row, so repeated
-            clinical sentences are encoded once (not while the forward is traced,
-            exported or compiled: a captured graph would freeze the cached texts in).
+            clinical sentences are encoded once (not while the forward is traced or
+            exported: the file would freeze the cached texts in; module doc).
         cache_size: number of distinct texts kept in that cache (LRU); 0 disables it.
         trust_remote_code: needed for hub models that ship their own model code
             (``microsoft/BiomedVLP-CXR-BERT-specialized``).
@@ -67,6 +94,7 @@ class HFTextEncoder(nn.Module):
         self.frozen = freeze
         self.cache_size = cache_size if freeze else 0
         self._cache: OrderedDict[bytes, torch.Tensor] = OrderedDict()
+        self.rows_read_back = 0  # lookups without the host rows of their batch (a copy back from a GPU)
         if freeze:
             self.model.requires_grad_(False)
             self.model.eval()
@@ -92,12 +120,16 @@ class HFTextEncoder(nn.Module):
         if not self.frozen:
             return self._encode(text_ids, text_mask)
         with torch.no_grad():
-            if self.cache_size <= 0 or _graph_capture():
+            if self.cache_size <= 0 or _exporting():
                 return self._encode(text_ids, text_mask)
             return self._cached_encode(text_ids, text_mask)
 
+    @torch.compiler.disable  # under torch.compile: a graph break, the lookup runs eagerly (never captured)
     def _cached_encode(self, text_ids: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
-        rows = torch.cat([text_ids, text_mask], dim=1).cpu().numpy()
+        rows = _host_rows(text_ids, text_mask)
+        if rows is None:
+            rows = torch.cat([text_ids, text_mask], dim=1).cpu().numpy()
+            self.rows_read_back += 1
         keys = [row.tobytes() for row in rows]
         first_index: dict[bytes, int] = {}
         for i, k in enumerate(keys):
@@ -126,11 +158,11 @@ class HFTextEncoder(nn.Module):
         super()._load_from_state_dict(*args, **kwargs)
 
 
-def _graph_capture() -> bool:
-    """True while the forward is traced, exported or compiled: the cache must stay out of the graph, or the
-    captured graph would hold the features of the texts seen while capturing as constants."""
-    return bool(torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
-                or torch.compiler.is_compiling())
+def _exporting() -> bool:
+    """True while the forward is traced or exported: the cache must stay out of the file, or it would hold
+    the features of the texts seen while tracing as constants. (``torch.compile`` keeps the cache: the
+    lookup is a graph break.)"""
+    return bool(torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export())
 
 
 def masked_mean(features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
