@@ -16,11 +16,14 @@ test_fold). Format: common/data/bcss/referring.py.
 import logging
 
 import _repo  # noqa: F401  (puts the repository root on sys.path)
+
 import fire
 
+from common.core.describe import typed
 from common.data.bcss.referring import build_referring_records
 
 
+@typed  # fire hands over '--flag false' as the text 'false': read it as the annotation says
 def main(bcss_dir: str, out_dir: str, patch_size: int = 512, instructions_per_patch: int = 2, max_targets: int = 3,
          absent_prob: float = 0.3, describe_prob: float = 0.5, min_area: float = 0.01, max_outside: float = 0.5,
          num_folds: int = 5, seed: int = 0, max_patches_per_roi: int | None = None, overwrite: bool = False) -> str:

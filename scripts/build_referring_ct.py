@@ -21,9 +21,11 @@ import _repo  # noqa: F401  (puts the repository root on sys.path)
 import fire
 
 from transforms.volumes import ABDOMINAL_WINDOW
+from common.core.describe import typed
 from common.data.referring_ct.builder import build_referring_dataset, find_pairs
 
 
+@typed  # fire hands over '--flag false' as the text 'false': read it as the annotation says
 def main(out_dir: str, ct: str | None = None, labels: str | None = None, pairs: str | None = None,
          output_format: str = "png", val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0,
          lesion_values: list | str | None = None, connected_components: bool = False,

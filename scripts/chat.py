@@ -18,6 +18,8 @@ from pathlib import Path
 import _repo  # noqa: F401  (puts the repository root on sys.path)
 import fire
 
+from common.core.describe import typed
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -31,6 +33,7 @@ def _load(checkpoint: str, bundle: str, device: str | None):
     return trained, trained.network.to(device)
 
 
+@typed  # fire hands over '--flag false' as the text 'false': read it as the annotation says
 def main(checkpoint: str = str(ROOT / "bundles/ltse/models/model.pt"), image: str | None = None,
          instructions=None, output_dir: str = "runs/ltse/chat", bundle: str = str(ROOT / "bundles/ltse"),
          device: str | None = None, threshold: float = 0.0, max_new_tokens: int | None = None) -> None:

@@ -20,6 +20,8 @@ import fire
 
 from _repo import ROOT, bundle_names, read_bundle_config
 
+from common.core.describe import typed
+
 
 def _configs(bundle: str, *extra: str) -> str:
     names = ["train", "demo", *extra]
@@ -48,6 +50,7 @@ def inference_arguments(record: dict) -> list[str]:
     return args
 
 
+@typed  # fire hands over '--flag false' as the text 'false': read it as the annotation says
 def main(bundle: str = "tmca", epochs: int | None = None, dataset_dir: str | None = None,
          output_dir: str | None = None, progress_bar: bool = False) -> None:
     """Train, evaluate and run a bundle on synthetic data (CPU: a few minutes)."""

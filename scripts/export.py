@@ -21,6 +21,7 @@ import fire
 import torch
 
 from _repo import bundle_folder, metadata
+from common.core.describe import typed
 from common.engine.checkpoints import load_model, read_checkpoint
 from common.engine.export import (example_inputs, latency_ms, max_difference, read_exported, to_onnx, to_torchscript,
                                   why_not_exportable)
@@ -29,6 +30,7 @@ FORMATS = {"torchscript": ".ts", "onnx": ".onnx"}
 FRESH_TEXT = "the largest one, on the right side of the image, 12.5 mm across"
 
 
+@typed  # fire hands over '--flag false' as the text 'false': read it as the annotation says
 def main(bundle: str, checkpoint: str, out_dir: str | None = None, formats=("torchscript", "onnx"),
          tolerance: float = 1e-3, json_out: str | None = None) -> str:
     """Export, check and time; prints a Markdown table and returns it."""

@@ -34,6 +34,7 @@ from pathlib import Path
 import fire
 import numpy as np
 
+from common.core.describe import typed
 from common.core.errors import DatasetError
 from common.data.mask_prompts import PromptSettings, attributes, prompts, record_rng
 
@@ -116,6 +117,7 @@ def _relative(target: Path, folder: Path) -> str:
     return target.name if target.parent.resolve() == folder.resolve() else str(target.resolve())
 
 
+@typed  # fire hands over '--flag false' as the text 'false': read it as the annotation says
 def main(data_dir: str | None = None, datalist: str | None = None, out_dir: str | None = None,
          class_name: str = "lesion", classes: dict | None = None, negatives: bool = False, empty: str = "drop",
          split=(0.7, 0.1, 0.2), split_file: str | None = None, seed: int = 0, overwrite: bool = False,

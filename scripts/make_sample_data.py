@@ -17,8 +17,10 @@ score well.
 """
 
 import _repo  # noqa: F401  (puts the repository root on sys.path)
+
 import fire
 
+from common.core.describe import typed
 from common.data.bcss.synthetic import write_sample_bcss
 from common.data.pannuke.synthetic import write_sample_pannuke
 from common.data.puma.synthetic import write_sample_puma
@@ -26,6 +28,7 @@ from common.data.referring_ct.synthetic import ensure_sample_referring_ct
 from common.data.synthetic.sample_datasets import DATASETS, write_sample_dataset
 
 
+@typed  # fire hands over '--flag false' as the text 'false': read it as the annotation says
 def main(out_dir: str = "sample_data", datasets=DATASETS, n: int = 60, size: int = 128, seed: int = 0) -> None:
     """Write ``n`` images (``refct``: ``n`` volumes; ``pannuke``: ``n`` patches per fold; ``puma``, ``bcss``: ``n`` ROIs) of each dataset in ``datasets`` (one name or a list) under ``out_dir``."""
     names = [datasets] if isinstance(datasets, str) else list(datasets)

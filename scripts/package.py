@@ -40,6 +40,8 @@ import yaml
 
 from _repo import ROOT, bundle_folder
 
+from common.core.describe import typed
+
 VENDOR = "scripts.tgseg"
 SHARED = ("common", "transforms")  # the repository's shared packages
 # packages that metadata.json names in keys of their own
@@ -280,6 +282,7 @@ def stage(bundle: str, target: Path, model: str | None = None, max_zip_mb: float
     return meta
 
 
+@typed  # fire hands over '--flag false' as the text 'false': read it as the annotation says
 def main(bundle: str, model: str | None = None, out_dir: str = "dist", max_zip_mb: float = 25.0,
          model_url: str = "", bump: str | None = None, changelog: str | None = None) -> str:
     """Write ``<out_dir>/<bundle>_v<version>.zip``; prints and returns its path.

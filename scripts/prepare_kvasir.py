@@ -30,6 +30,7 @@ from pathlib import Path
 
 import fire
 
+from common.core.describe import typed
 from common.core.errors import DatasetError
 
 SPLITS = ("train", "val", "test")
@@ -98,6 +99,7 @@ def _resized(source: Path, target: Path, size: int, mask: bool) -> None:
             img.convert("RGB").resize(shape, Image.BICUBIC).save(target, quality=95)
 
 
+@typed  # fire hands over '--flag false' as the text 'false': read it as the annotation says
 def main(kvasir: str, prompts: str, out_dir: str, size: int | None = None, progress_bar: bool = True) -> str:
     """Write the reader's layout (see the module doc); returns ``out_dir``."""
     from tqdm import tqdm

@@ -55,6 +55,23 @@ def test_records_ask_for_present_classes_and_reject_absent_ones(records):
     assert len(train) + len(test) == len(lines) and not {r["slide"] for r in train} & {r["slide"] for r in test}
 
 
+def test_instructions_read_as_sentences(bcss, tmp_path):
+    """Described targets carry a comma of their own; the list must not double it or hang 'and' on it."""
+    out = build_referring_records(bcss, tmp_path / "ref", patch_size=64, seed=3, describe_prob=1.0, max_targets=3,
+                                  progress=False)
+    instructions = [json.loads(l)["instruction"] for l in out.read_text().splitlines()]
+    assert any(i.count(",") >= 3 for i in instructions)   # several described targets were joined
+    for text in instructions:
+        assert ",," not in text and ",." not in text and ",?" not in text, text
+        if "patch" in text.split(" and ")[0] and " and " in text and text.count(",") > 1:
+            assert ", and " in text, text
+
+
+def test_choosing_the_model_on_the_test_fold_is_refused(records):
+    with pytest.raises(ValueError, match="val_fold and test_fold are both 2"):
+        referring_datalist(records, "val", test_fold=2, val_fold=2)
+
+
 def test_20x_patches_are_the_roi_downsampled_by_two(bcss, tmp_path):
     out = build_referring_records(bcss, tmp_path / "ref", patch_size=64, seed=0, progress=False)
     lines = [json.loads(l) for l in out.read_text().splitlines()]
@@ -95,6 +112,8 @@ def test_a_malformed_class_table_names_the_line(bcss, tmp_path):
     (lambda r: r | {"targets": ["tumor"] * 11}, "record 1: 11 targets, more than the 10 \\[SEG\\] tokens"),
     (lambda r: {k: v for k, v in r.items() if k != "instruction"}, r"record 1: lacks \['instruction'\]"),
     (lambda r: r | {"image": "40x/images/missing.png"}, "record 1: image file .*missing.png not found"),
+    (lambda r: r | {"instruction": None}, "record 1: instruction must be a non-empty text, got None"),
+    (lambda r: r | {"instruction": "  "}, "record 1: instruction must be a non-empty text, got '  '"),
 ])
 def test_bad_records_raise_naming_the_file_and_record(records, tmp_path, change, message):
     path = _copy(records, tmp_path)
@@ -151,6 +170,70 @@ def test_single_seg_answers_share_one_mask_for_all_targets():
     rows = target_rows(_generated([SEG_TOKEN], [np.array([[1, 1], [0, 0]], bool)]), truth, [True, False], multi_seg=False)
     assert [r["intersection"] for r in rows] == [2, 0] and [r["predicted"] for r in rows] == [2, 2]
     assert scores(rows)["nacc"] == 0.0
+
+
+_GATHER_WORKER = """
+import json, os, sys
+import torch
+import torch.distributed as dist
+sys.path.insert(0, {root!r})
+from bundles.ltse.scripts.evaluation import MaskIoU, ReferringScore
+
+rank = int(os.environ["RANK"])
+dist.init_process_group("gloo", rank=rank, world_size=2)
+rows = json.loads({rows!r})[rank]
+out = {{}}
+for score in ("giou", "ciou", "nacc"):
+    metric = ReferringScore(score)
+    metric.rows = list(rows)
+    out[score] = metric.aggregate()
+iou = MaskIoU()
+iou.inter, iou.union = (3, 4) if rank == 0 else (1, 8)
+out["mask_iou"] = iou.aggregate()
+print(json.dumps(out))
+dist.destroy_process_group()
+"""
+
+
+def test_validation_scores_gather_every_process_share(root, tmp_path):
+    """Under torchrun each process validates its own records; the score must be that of all of them."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from bundles.ltse.scripts.evaluation import scores
+
+    row = lambda i, u, absent=False, predicted=1: {"intersection": i, "union": u, "absent": absent,  # noqa: E731
+                                                    "rejected": absent and predicted == 0, "predicted": predicted,
+                                                    "slot": "[SEG]", "magnification": "40x"}
+    shares = [[row(1, 2)], [row(3, 3), row(0, 0, absent=True, predicted=0), row(0, 4, absent=True, predicted=4)]]
+    script = tmp_path / "worker.py"
+    script.write_text(_GATHER_WORKER.format(root=str(root), rows=json.dumps(shares)))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=os.environ | {"RANK": str(r), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+             for r in range(2)]
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-2000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    whole = scores(shares[0] + shares[1])
+    assert whole["giou"] == pytest.approx((0.5 + 1 + 1 + 0) / 4) and whole["nacc"] == pytest.approx(0.5)
+    for result in results:  # both processes see the score of the whole set, not of their share
+        assert result["giou"] == pytest.approx(whole["giou"]) and result["ciou"] == pytest.approx(whole["ciou"])
+        assert result["nacc"] == pytest.approx(whole["nacc"])
+        assert result["mask_iou"] == pytest.approx(4 / 12)
+    assert scores(shares[0])["giou"] != pytest.approx(whole["giou"])
+
+
+def test_a_present_target_whose_truth_vanished_scores_zero_not_a_division_error():
+    from bundles.ltse.scripts.evaluation import scores
+
+    assert scores([{"intersection": 0, "union": 0, "absent": False, "predicted": 0, "rejected": False}])["giou"] == 0.0
 
 
 # ---------------------------------------------------------------------------- engine

@@ -267,6 +267,17 @@ def test_generation_with_seg_returns_masks_at_the_original_size(net):
     assert len(result["masks"]) == 3 and result["masks"][0].shape == (40, 50) and result["masks"][0].dtype == torch.bool
 
 
+def test_an_answer_cut_by_max_new_tokens_says_so(net, caplog):
+    """An answer that never reached its end token lost its later slots: flagged and logged, not silent."""
+    image = torch.randint(0, 256, (3, 40, 50)).float()
+    with caplog.at_level("WARNING"):
+        cut = net.generate(image, "segment the tumor", max_new_tokens=3, sequence_bias={(net.seg_token_id,): 100.0})
+    assert cut["cut"] and "reached max_new_tokens=3 before its end" in caplog.text
+    ended = net.generate(image, "segment the tumor", max_new_tokens=3,
+                         sequence_bias={(net.llava.processor.tokenizer.eos_token_id,): 100.0})
+    assert not ended["cut"] and ended["answer"] == ""
+
+
 # ---------------------------------------------------------------------------- checkpoints
 TRAINED_KEY = ("projector.", "aem.", "decoder.")
 
@@ -390,5 +401,36 @@ def test_inputs_never_cut_text_and_check_the_answer_slots(net, record):
 
     with pytest.raises(DatasetError, match=r"record r.jsonl:3: prompt and answer take \d+ tokens, more than max_text_tokens=20"):
         LTSEInputsd(net, max_text_tokens=20)(record)
-    with pytest.raises(DatasetError, match=r"answer 'Sure, tumor \[SEG\], fat \[SEG\].' has slots"):
+    with pytest.raises(DatasetError, match=r"answer 'Sure, tumor \[SEG\], fat \[SEG\].' reads .* need "
+                                           r"\[\('tumor', '\[SEG\]'\), \('fat', '\[REJ\]'\)\]"):
         LTSEInputsd(net, max_text_tokens=200)(record | {"answer": "Sure, tumor [SEG], fat [SEG]."})
+
+
+def test_an_answer_naming_the_targets_in_another_order_is_refused(net, record):
+    """Same [SEG]/[REJ] sequence, targets swapped: the k-th mask would be trained under the wrong words."""
+    from bundles.ltse.scripts.inputs import LTSEInputsd
+
+    both = record | {"targets": ["tumor", "stroma"], "codes": [1, 0], "instruction": "Segment the tumor and the stroma."}
+    assert LTSEInputsd(net, max_text_tokens=200)(both | {"answer": "Sure, Tumor  [SEG], stroma [SEG]."})
+    with pytest.raises(DatasetError, match=r"r.jsonl:3: answer 'Sure, stroma \[SEG\], tumor \[SEG\].' reads"):
+        LTSEInputsd(net, max_text_tokens=200)(both | {"answer": "Sure, stroma [SEG], tumor [SEG]."})
+
+
+def test_a_mask_code_outside_the_class_table_names_the_record(net, record):
+    from bundles.ltse.scripts.inputs import LTSEInputsd
+
+    inputs = LTSEInputsd(net, max_text_tokens=200)
+    assert inputs(record | {"class_codes": [0, 1, 9]})
+    with pytest.raises(DatasetError, match=r"m.png: record r.jsonl:3: class codes \[1\] are not in the class table"):
+        inputs(record | {"class_codes": [0, 9]})
+
+
+def test_a_grey_image_is_read_as_rgb(net, record, tmp_path):
+    from PIL import Image
+
+    from bundles.ltse.scripts.inputs import LTSEInputsd
+
+    grey = tmp_path / "grey.png"
+    Image.open(record["image"]).convert("L").save(grey)
+    item = LTSEInputsd(net, max_text_tokens=200)(record | {"image": str(grey)})
+    assert item["sam_image"].shape[0] == 3 and item["original_size"].tolist() == [40, 50]

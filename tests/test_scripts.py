@@ -53,6 +53,7 @@ def test_benchmark_prints_a_markdown_table(tmp_path):
     assert lines[2].startswith("| fp32 |")
     rows = json.loads(out.read_text())["rows"]
     assert rows[0]["params_m"] > rows[0]["trainable_m"] > 0 and rows[0]["gflops"] > 0
+    assert rows[0]["text_rows_read_back"] == 0   # the timed steps look the frozen text up on the host
 
 
 def test_build_referring_ct_cli(tmp_path):
@@ -113,3 +114,32 @@ def test_benchmark_ltse_counts_the_7b_configuration_and_times_the_tiny_model(tmp
         "--steps", "1", "--warmup", "0", "--new_tokens", "4", "--json_out", str(out))
     row = json.loads(out.read_text())["rows"][0]
     assert row["setting"] == "fp32" and row["train_s_per_step"] > 0 and row["answer_s"] > 0
+
+
+def test_a_flag_written_false_on_the_command_line_is_false(tmp_path):
+    """fire hands '--overwrite false' over as the text 'false', which Python reads as true: records were replaced."""
+    from common.data.bcss.synthetic import write_sample_bcss
+
+    bcss = write_sample_bcss(tmp_path / "data", n=2, size=64, seed=0)
+    args = ("scripts/build_bcss_ref.py", "--bcss_dir", str(bcss), "--out_dir", str(tmp_path / "ref"), "--patch_size", "32")
+    run(*args)
+    records = tmp_path / "ref" / "records.jsonl"
+    before = records.stat().st_mtime_ns
+    proc = subprocess.run([sys.executable, *args, "--overwrite", "false"], cwd=ROOT, env=ENV, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode != 0 and "exists; pass --overwrite true" in proc.stderr
+    assert records.stat().st_mtime_ns == before
+    proc = subprocess.run([sys.executable, *args, "--overwrite", "maybe"], cwd=ROOT, env=ENV, capture_output=True,
+                          text=True, timeout=600)
+    assert "argument 'overwrite' = 'maybe' is not true/false" in proc.stderr
+
+
+def test_every_command_line_reads_its_arguments_by_their_annotations():
+    import ast
+
+    for path in sorted((ROOT / "scripts").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in tree.body:
+            if isinstance(node, ast.FunctionDef) and node.name == "main":
+                decorators = [d.id for d in node.decorator_list if isinstance(d, ast.Name)]
+                assert "typed" in decorators, f"{path.name}: main is not @typed"

@@ -1,9 +1,14 @@
 """Flips that keep a prompt true: a mirrored image turns "located in top left" into "top right".
 
-Poudel et al.'s prompts (p4-p6) and the referring-CT expressions name where the target lies. A plain
-flip would teach the model that "left" means either side; :class:`RandFlipWithTextd` flips the image and
-mask and swaps the words of the flipped axis in the text (every alternative of a list), so augmentation
-never contradicts the prompt. It flips torch tensors where they are (GPU tensors stay on the GPU).
+Poudel et al.'s prompts (p6, p9) name where the target lies in the picture. A plain flip would teach the
+model that "left" means either side; :class:`RandFlipWithTextd` flips the image and mask and swaps the
+words of the flipped axis in the text (every alternative of a list), so augmentation never contradicts the
+prompt. It flips torch tensors where they are (GPU tensors stay on the GPU).
+
+Axes are those of a picture read as (C, rows, columns), as the 2-D PIL/JPEG/PNG readers give it: spatial
+axis 0 is top-bottom, 1 is left-right. Volumes read by NIfTI/ITK readers are (C, x, y, z): there axis 0 is
+left-right, so do not use this transform on them as configured here (the referring-CT expressions speak of
+the patient's side, which a flip of the picture does swap, but the axes would be the other way round).
 """
 
 from __future__ import annotations

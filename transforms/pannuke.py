@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Hashable, Mapping
 
 import numpy as np
+from monai.transforms import Transform
 
 from common.core.errors import DatasetError
 
@@ -45,7 +46,7 @@ def _mmap(path: str) -> np.ndarray:
     return _OPEN[key]
 
 
-class LoadPanNukePatchd:
+class LoadPanNukePatchd(Transform):
     """Read patch ``index`` of a record: ``image`` -> (3, H, W) float32 0-255, ``label`` -> (1, H, W) int64.
 
     The record keeps ``organ``, ``fold``, ``index`` and ``name``. Arrays are memory-mapped once per

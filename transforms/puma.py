@@ -22,6 +22,7 @@ from typing import Hashable, Mapping
 import numpy as np
 import torch
 from monai.data import MetaTensor
+from monai.transforms import Transform
 
 from .geojson import rasterize_classes, rasterize_instances, read_features, read_rgb
 
@@ -62,7 +63,7 @@ def nuclei_maps(path: str | Path, size: tuple[int, int], nuclei_classes: str = "
     return rasterize_instances(read_features(path, NUCLEI_NAMES, size), size, NUCLEI_TYPES[nuclei_classes])
 
 
-class LoadPumaROId:
+class LoadPumaROId(Transform):
     """A record ``{image, tissue?, nuclei?}`` (:func:`common.data.puma.reader.puma_datalist`) ->
 
     * ``image``: (3, H, W) float32 RGB 0-255 (an alpha channel dropped), a ``MetaTensor`` naming its file,

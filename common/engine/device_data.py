@@ -17,8 +17,8 @@ from typing import Sequence
 
 import torch
 from monai.data import DataLoader, ThreadDataLoader
-from monai.transforms import Compose, ToDeviced
-from monai.transforms.traits import RandomizableTrait, ThreadUnsafe
+from monai.transforms import Compose, ToDeviced, Transform
+from monai.transforms.traits import RandomizableTrait
 
 from common.core.config import as_bool
 from common.core.errors import ConfigurationError
@@ -37,17 +37,24 @@ def _moves_to_device(transform) -> bool:
     return any(isinstance(t, ToDeviced) for t in transforms)
 
 
+def _not_cached(t) -> bool:
+    """MONAI's ``CacheDataset`` caches the transforms before the first one that is random or is not a MONAI
+    ``Transform`` (a plain callable, or a nested ``Compose``, which counts as random)."""
+    return isinstance(t, RandomizableTrait) or not isinstance(t, Transform)
+
+
 def _check_order(transform) -> None:
-    """The move must come before the first random transform, or the cache holds host tensors."""
+    """The move must come before the first transform the cache stops at, or the cache holds host tensors
+    (or nothing at all, and every item is loaded again in the main process each epoch)."""
     transforms = list(transform.transforms) if isinstance(transform, Compose) else [transform]
     move = next(i for i, t in enumerate(transforms) if isinstance(t, ToDeviced))
-    # CacheDataset caches up to the first random (or thread-unsafe) transform
-    first_random = next((i for i, t in enumerate(transforms) if isinstance(t, (RandomizableTrait, ThreadUnsafe))),
-                        len(transforms))
-    if move > first_random:
+    stop = next((i for i, t in enumerate(transforms) if _not_cached(t)), len(transforms))
+    if move > stop:
+        what = "random" if isinstance(transforms[stop], RandomizableTrait) else "not a MONAI Transform"
         raise ConfigurationError(f"data_on_device: the move to the device ({type(transforms[move]).__name__}) comes "
-                                 f"after the random {type(transforms[first_random]).__name__}; it must end the "
-                                 "deterministic transforms, whose results are cached")
+                                 f"after {type(transforms[stop]).__name__} (transform {stop}), where the cache stops "
+                                 f"({what}); the move must end the deterministic MONAI transforms, whose results are "
+                                 "cached")
 
 
 def dataloader(dataset, batch_size: int, shuffle: bool = False, drop_last: bool = False, num_workers: int = 0,

@@ -19,6 +19,7 @@ from typing import Any, Callable
 import torch
 from monai.engines import PrepareBatchExtraInput, SupervisedTrainer
 from monai.engines.utils import IterationEvents
+from monai.handlers import ValidationHandler
 from monai.utils.enums import CommonKeys as Keys
 
 from common.core.describe import configurable
@@ -138,6 +139,7 @@ class TextGuidedTrainer(SupervisedTrainer):
         super().__init__(*args, **kwargs)
         self.accumulation_steps = int(accumulation_steps)
         self.finite_check_interval = int(finite_check_interval)
+        self._pending = 0  # batches whose gradients wait for the optimiser step (accumulation)
         self._nonfinite: torch.Tensor | None = None  # device-side flag since the last check
         self._checked_at = 0
         autocast_context("cpu", precision)  # validates the value
@@ -161,6 +163,9 @@ class TextGuidedTrainer(SupervisedTrainer):
         within = (engine.state.iteration - 1) % engine.state.epoch_length + 1
         first = (within - 1) % self.accumulation_steps == 0
         last = within % self.accumulation_steps == 0 or within == engine.state.epoch_length
+        # the epoch's last cycle may be shorter than accumulation_steps: its losses are divided by its own length
+        cycle_start = within - (within - 1) % self.accumulation_steps
+        cycle = min(self.accumulation_steps, engine.state.epoch_length - cycle_start + 1)
         if first:
             engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
         with autocast_context(engine.state.device, self.precision):
@@ -179,23 +184,43 @@ class TextGuidedTrainer(SupervisedTrainer):
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
 
         self._check_finite(engine, loss, within == engine.state.epoch_length)
-        scaled = loss / self.accumulation_steps if self.accumulation_steps > 1 else loss
+        scaled = loss / cycle if cycle > 1 else loss
         if self.grad_scaler is not None:
             self.grad_scaler.scale(scaled).backward()
             engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-            if last:
-                self.grad_scaler.unscale_(engine.optimizer)
-                self._clip(engine)
-                self.grad_scaler.step(engine.optimizer)
-                self.grad_scaler.update()
         else:
             scaled.backward()
             engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-            if last:
-                self._clip(engine)
-                engine.optimizer.step()
+        self._pending = 0 if first else self._pending
+        self._pending += 1
+        if last:
+            self._step(engine)
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output
+
+    def _step(self, engine) -> None:
+        if self.grad_scaler is not None:
+            self.grad_scaler.unscale_(engine.optimizer)
+            self._clip(engine)
+            self.grad_scaler.step(engine.optimizer)
+            self.grad_scaler.update()
+        else:
+            self._clip(engine)
+            engine.optimizer.step()
+        self._pending = 0
+
+    def finish_early(self, engine) -> None:
+        """Before an epoch is cut short (``TimeBudget``): step the gradients of a partly accumulated cycle (scaled
+        as if the cycle had that many batches) and read the deferred non-finite flag, so the last iterations
+        are neither lost nor unchecked."""
+        if self._pending:
+            if self._pending < self.accumulation_steps:
+                for group in engine.optimizer.param_groups:
+                    for param in group["params"]:
+                        if param.grad is not None:
+                            param.grad.mul_(self.accumulation_steps / self._pending)
+            self._step(engine)
+        self._read_finite_flag(engine)
 
     def _check_finite(self, engine, loss: torch.Tensor, epoch_end: bool) -> None:
         iteration = engine.state.iteration
@@ -207,13 +232,19 @@ class TextGuidedTrainer(SupervisedTrainer):
         bad = ~torch.isfinite(loss.detach())
         self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
         if iteration - self._checked_at >= self.finite_check_interval or epoch_end:
-            since, self._checked_at = self._checked_at + 1, iteration
-            flag, self._nonfinite = self._nonfinite, None
-            if bool(flag):
-                raise FloatingPointError(
-                    f"the loss was not finite at one or more of iterations {since}-{iteration} (epoch "
-                    f"{engine.state.epoch}; checked every {self.finite_check_interval}); lower the learning rate or "
-                    "check the data, and resume from a checkpoint written before them")
+            self._read_finite_flag(engine)
+
+    def _read_finite_flag(self, engine) -> None:
+        if self._nonfinite is None:
+            return
+        iteration = engine.state.iteration
+        since, self._checked_at = self._checked_at + 1, iteration
+        flag, self._nonfinite = self._nonfinite, None
+        if bool(flag):
+            raise FloatingPointError(
+                f"the loss was not finite at one or more of iterations {since}-{iteration} (epoch "
+                f"{engine.state.epoch}; checked every {self.finite_check_interval}); lower the learning rate or "
+                "check the data, and resume from a checkpoint written before them")
 
     def _clip(self, engine) -> None:
         if self.grad_clip:
@@ -224,6 +255,24 @@ def loss_terms(output: Any) -> dict[str, float]:
     """``output_transform`` for stats handlers: ``loss`` and every ``loss_<term>`` as floats."""
     first = output[0] if isinstance(output, (list, tuple)) else output
     return {k: float(v) for k, v in first.items() if k == Keys.LOSS or k.startswith("loss_")}
+
+
+class PeriodicValidation(ValidationHandler):
+    """MONAI's ``ValidationHandler`` (epoch level) that also validates the run's last epoch, whatever
+    ``interval`` is: with ``val_interval: 5`` a run of 12 epochs, or one that ``TimeBudget`` ends in epoch 7,
+    has its final weights validated (and considered for ``model.pt``) instead of those of epoch 10 or 5."""
+
+    def __init__(self, validator=None, interval: int = 1, exec_at_start: bool = False):
+        super().__init__(interval=int(interval), validator=validator, epoch_level=True, exec_at_start=exec_at_start)
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        every = self.interval
+        engine.add_event_handler(
+            Events.EPOCH_COMPLETED(event_filter=lambda e, epoch: epoch % every == 0 or epoch == e.state.max_epochs), self)
+        if self.exec_at_start:
+            engine.add_event_handler(Events.STARTED, self)
 
 
 class TimeBudget:
@@ -264,6 +313,8 @@ class TimeBudget:
             self.stopped_at = (engine.state.epoch, engine.state.iteration)
             engine.logger.info("time budget of %.0f s reached at epoch %d, iteration %d: this epoch is the last",
                                self.seconds, *self.stopped_at)
+            if hasattr(engine, "finish_early"):
+                engine.finish_early(engine)
             engine.state.max_epochs = engine.state.epoch
             engine.terminate_epoch()
 

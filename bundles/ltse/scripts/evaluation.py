@@ -10,7 +10,9 @@ empty. With I and U the intersection and union of prediction and truth (pixels):
 * N-Acc: absent targets answered with [REJ], over all absent targets (0 without a [REJ] token: the
   paper's "-" in Tables 1 and 2).
 
-Each score is reported per magnification and overall (Table 1's 20x / 40x / overall columns).
+Each score is reported per magnification and overall (Table 1's 20x / 40x / overall columns). Under torchrun
+every process scores its own share of the records; the metrics gather all processes' rows before they
+aggregate, so each process (and the best-model choice on rank 0) sees the score of the whole set.
 """
 
 from __future__ import annotations
@@ -55,7 +57,9 @@ def scores(rows: Sequence[Mapping]) -> dict[str, float]:
     """gIoU, cIoU and N-Acc of a set of target rows (module doc); NaN where there is nothing to score."""
     if not rows:
         return {k: float("nan") for k in SCORES} | {"targets": 0, "absent": 0}
-    per = [(1.0 if r["predicted"] == 0 else 0.0) if r["absent"] else r["intersection"] / r["union"] for r in rows]
+    # a present target whose truth vanished (a tiny region lost to resizing) and was not predicted: union 0
+    per = [(1.0 if r["predicted"] == 0 else 0.0) if r["absent"] else
+           r["intersection"] / r["union"] if r["union"] else 0.0 for r in rows]
     union = sum(r["union"] for r in rows)
     absent = [r for r in rows if r["absent"]]
     return {"giou": float(np.mean(per)),
@@ -70,6 +74,17 @@ def _rows_of_batch(pred: Mapping, label: Mapping, multi_seg: bool) -> list[dict]
         for row in target_rows(generated, label["target_masks"][b], label["present"][b], multi_seg):
             rows.append(row | {"magnification": label["magnification"][b]})
     return rows
+
+
+def gathered(value) -> list:
+    """``[value]`` of every process under ``torch.distributed`` (rank order), ``[value]`` alone otherwise.
+    Every process must call it (the metrics aggregate on all ranks at the end of each validation)."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [value]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out
 
 
 @configurable
@@ -98,7 +113,7 @@ class ReferringScore(Cumulative):
         self.rows += [r for r in rows if self.magnification in (None, r["magnification"])]
 
     def aggregate(self):
-        return scores(self.rows)[self.score]
+        return scores([row for rows in gathered(self.rows) for row in rows])[self.score]
 
 
 @configurable
@@ -121,7 +136,9 @@ class MaskIoU(Cumulative):
             self.union += int((p | t).sum())
 
     def aggregate(self):
-        return self.inter / self.union if self.union else float("nan")
+        counts = gathered((self.inter, self.union))
+        inter, union = sum(c[0] for c in counts), sum(c[1] for c in counts)
+        return inter / union if union else float("nan")
 
 
 def referring_output(output):
@@ -206,7 +223,7 @@ class LTSERecorder:
                                   **row, "iou": row["intersection"] / row["union"] if row["union"] else float("nan")})
             self.answers.append({"instruction_id": n, "image": label["image_path"][b],
                                  "instruction": label["instruction"][b], "answer": generated["answer"],
-                                 "tokens": " ".join(generated["tokens"])})
+                                 "tokens": " ".join(generated["tokens"]), "cut": bool(generated.get("cut", False))})
             if self.overlay_dir and n < self.num_overlays:
                 from PIL import Image
 
@@ -238,7 +255,14 @@ class LTSERecorder:
         columns = ["instruction_id", "target", "magnification", "slot", "absent", "rejected", "predicted",
                    "intersection", "union", "iou"]
         write_table(self.rows, columns, out / "targets.csv", out / "targets.md")
-        write_table(self.answers, ["instruction_id", "image", "instruction", "answer", "tokens"], out / "answers.csv",
-                    out / "answers.md")
-        (out / "summary.json").write_text(json.dumps({r["magnification"]: r for r in table}, indent=2))
+        write_table(self.answers, ["instruction_id", "image", "instruction", "answer", "tokens", "cut"],
+                    out / "answers.csv", out / "answers.md")
+        # answers that reached max_new_tokens before their end: their later targets scored as unanswered
+        cut = sum(a["cut"] for a in self.answers)
+        (out / "summary.json").write_text(json.dumps({r["magnification"]: r for r in table} | {"answers_cut": cut},
+                                                     indent=2))
+        if cut:
+            md += (f"\n{cut} of {len(self.answers)} answers reached max_new_tokens before their end; their later "
+                   "targets count as not answered (raise max_new_tokens).\n")
+            (out / "scores.md").write_text(md)
         return md

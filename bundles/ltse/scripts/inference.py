@@ -69,7 +69,7 @@ class AnswerWriter:
             self.output_dir / f"{stem}_overlay.png")
         row = {"image": image_path, "instruction": instruction, "answer": result["answer"],
                "slots": " ".join(result["tokens"]), "masks": " ".join(files), "overlay": f"{stem}_overlay.png",
-               "mask_pixels": " ".join(str(int(m.sum())) for m in masks)}
+               "mask_pixels": " ".join(str(int(m.sum())) for m in masks), "cut": bool(result.get("cut", False))}
         self.rows.append(row)
         return row
 
@@ -77,7 +77,7 @@ class AnswerWriter:
         path = self.output_dir / "predictions.csv"
         with open(path, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=["image", "instruction", "answer", "slots", "masks", "overlay",
-                                                   "mask_pixels"])
+                                                   "mask_pixels", "cut"])
             writer.writeheader()
             writer.writerows(self.rows)
         return path

@@ -31,19 +31,22 @@ import torch
 from common.core.describe import configurable
 from common.core.errors import DatasetError
 from common.data.bcss.reader import phrase
-from common.data.seg_answers import REJ_TOKEN, SEG_TOKEN, answer_slots, build_answer, seg_target_masks
+from common.data.seg_answers import answer_slots, build_answer, seg_target_masks, slot_phrases
 from common.networks.llava import IGNORE_INDEX, tokenize_conversation
 from common.networks.sam import sam_preprocess
 
 NETWORK_INPUTS = ("sam_images", "input_ids", "attention_mask", "labels", "resize_sizes", "original_sizes")
 
 
-def _read(path: str, record: str):
+def _read(path: str, record: str, rgb: bool):
+    """An image as (H, W, 3) uint8 (grey and palette images converted), or a mask of class codes as (H, W)."""
     from PIL import Image
 
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB") if im.mode not in ("L", "I", "I;16", "P") else im)
+            if rgb:
+                return np.asarray(im.convert("RGB"))
+            return np.asarray(im if im.mode in ("L", "I", "I;16", "P") else im.convert("RGB"))
     except (OSError, ValueError) as err:
         raise DatasetError(path, f"cannot be read ({err}); record {record}") from None
 
@@ -70,29 +73,35 @@ class LTSEInputsd:
         self.full_size_targets = full_size_targets
 
     def answer(self, record: Mapping, present: Sequence[bool]) -> str:
+        """The answer to train on: the record's own, checked slot by slot against its targets (the k-th slot
+        names the k-th target with the token its mask calls for), or built from the targets."""
         targets = list(record["targets"])
-        built, slots = build_answer([phrase(t) for t in targets], present, self.multi_seg, self.use_rej,
-                                    self.max_targets)
+        names = [phrase(t) for t in targets]
+        built, slots = build_answer(names, present, self.multi_seg, self.use_rej, self.max_targets)
         given = record.get("answer")
         if not (self.multi_seg and self.use_rej and given):
             return built
-        tokens = [t for t in given.replace(SEG_TOKEN, f" {SEG_TOKEN} ").replace(REJ_TOKEN, f" {REJ_TOKEN} ").split()
-                  if t in (SEG_TOKEN, REJ_TOKEN)]
-        if tokens != [s.token for s in slots]:
-            raise DatasetError(record.get("record"), f"answer {given!r} has slots {tokens}, but its targets "
-                                                     f"{targets} need {[s.token for s in slots]} (present: "
-                                                     f"{list(present)})")
+        found = slot_phrases(given)
+        expected = [(names[s.targets[0]], s.token) for s in slots]
+        normal = lambda pairs: [(" ".join(p.lower().split()), t) for p, t in pairs]  # noqa: E731
+        if normal(found) != normal(expected):
+            raise DatasetError(record.get("record"), f"answer {given!r} reads {found} but its targets {targets} "
+                                                     f"(present: {list(present)}) need {expected}: the k-th slot "
+                                                     "names the k-th target (leave 'answer' out to have it built)")
         return given
 
     def __call__(self, data: Mapping) -> dict:
         where = data.get("record", data.get("image"))
-        image = _read(data["image"], where)
-        mask = _read(data["mask"], where)
-        if image.ndim != 3:
-            raise DatasetError(data["image"], f"is not an RGB image (shape {image.shape}); record {where}")
+        image = _read(data["image"], where, rgb=True)
+        mask = _read(data["mask"], where, rgb=False)
         if mask.ndim != 2 or mask.shape != image.shape[:2]:
             raise DatasetError(data["mask"], f"mask of shape {mask.shape} for an image of {image.shape[:2]}; "
                                              f"record {where}")
+        if data.get("class_codes") is not None:
+            unknown = sorted(set(np.unique(mask).tolist()) - set(data["class_codes"]))
+            if unknown:
+                raise DatasetError(data["mask"], f"record {where}: class codes {unknown} are not in the class table "
+                                                 f"(codes {sorted(data['class_codes'])})")
         codes = list(data["codes"])
         if len(codes) > self.max_targets:
             raise DatasetError(data["image"], f"record {where}: {len(codes)} targets, more than max_targets="

@@ -29,6 +29,7 @@ keys when the network is built again (a base with random weights, named by no so
 
 from __future__ import annotations
 
+import logging
 from typing import Sequence
 
 import torch
@@ -41,6 +42,8 @@ from common.networks.sam import SamEncoder, sam_postprocess_masks, sam_preproces
 from .aem import AdaptiveExpertMixture, run_decoder
 from common.data.seg_answers import REJ_TOKEN, SEG_TOKEN, slot_tokens, special_tokens
 from .losses import causal_lm_loss
+
+logger = logging.getLogger(__name__)
 
 @configurable
 class LTSE(nn.Module):
@@ -234,11 +237,15 @@ class LTSE(nn.Module):
                                         **generation_kwargs)
         answer_ids = sequences[0, prompt.shape[1]:]
         ends = (answer_ids == tokenizer.eos_token_id).nonzero()
+        cut = not len(ends) and len(answer_ids) >= max_new_tokens
         if len(ends):
             answer_ids = answer_ids[: ends[0, 0]]
         tokens, seg_positions = self._answer_slots(answer_ids)
         result = {"answer": tokenizer.decode(answer_ids, skip_special_tokens=True).strip(), "tokens": tokens,
-                  "masks": [], "mask_logits": []}
+                  "masks": [], "mask_logits": [], "cut": cut}
+        if cut:
+            logger.warning("the answer reached max_new_tokens=%d before its end (%r): targets after the cut count as "
+                           "not answered; raise max_new_tokens", max_new_tokens, result["answer"][-80:])
         if not len(seg_positions):
             return result
         full = torch.cat([prompt[0], answer_ids])[None]

@@ -46,7 +46,12 @@ _ROWS, _COLS = ("upper", "middle", "lower"), ("left", "centre", "right")
 
 
 def join_words(words: Sequence[str]) -> str:
-    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+    """'a', 'a and b', 'a, b and c'; with a comma inside an item ('tumor in the centre, covering about 30% of
+    the patch') the last one is set off by ', and' so it does not read as part of that item."""
+    if len(words) == 1:
+        return words[0]
+    last = ", and " if any("," in w for w in words[:-1]) else " and "
+    return ", ".join(words[:-1]) + last + words[-1]
 
 
 def position_phrase(region: np.ndarray) -> str:
@@ -112,10 +117,10 @@ def instructions_for_patch(mask: np.ndarray, tissue: Mapping[int, str], rng: np.
             word = phrase(name)
             if name in present and rng.random() < describe_prob:
                 region = mask == code_of[name]
-                word = f"{word} {position_phrase(region)}, {area_phrase(region)},"
+                word = f"{word} {position_phrase(region)}, {area_phrase(region)}"
             words.append(word)
         template = _TEMPLATES[int(rng.integers(len(_TEMPLATES)))]
-        instruction = template.format(targets=join_words(words)).replace(",.", ".").replace(",?", "?").replace(", and", " and")
+        instruction = template.format(targets=join_words(words))
         answer, _ = build_answer([phrase(n) for n in chosen], [n in present for n in chosen], max_seg_tokens=max_targets)
         out.append({"instruction": instruction, "targets": chosen, "answer": answer})
     return out
@@ -236,6 +241,9 @@ def read_referring_records(records_file: str | Path, max_targets: int = 10) -> l
         missing = [k for k in RECORD_FIELDS if k not in record]
         if missing:
             raise _line_error(path, number, f"lacks {missing}; a record holds {list(RECORD_FIELDS)}")
+        instruction = record["instruction"]
+        if not isinstance(instruction, str) or not instruction.strip():
+            raise _line_error(path, number, f"instruction must be a non-empty text, got {instruction!r}")
         targets = record["targets"]
         if isinstance(targets, str) or not targets or not all(isinstance(t, str) for t in targets):
             raise _line_error(path, number, f"targets must be a non-empty list of class names, got {targets!r}")
@@ -247,7 +255,7 @@ def read_referring_records(records_file: str | Path, max_targets: int = 10) -> l
             raise _line_error(path, number, f"{len(targets)} targets, more than the {max_targets} "
                                             "[SEG] tokens an answer may hold (max_seg_tokens)")
         record = dict(record, image=str(path.parent / record["image"]), mask=str(path.parent / record["mask"]),
-                      codes=[code_of[t] for t in targets], record=f"{path}:{number}")
+                      codes=[code_of[t] for t in targets], class_codes=sorted(table), record=f"{path}:{number}")
         image_size, mask_size = size(Path(record["image"]), number, "image"), size(Path(record["mask"]), number, "mask")
         if image_size != mask_size:
             raise _line_error(path, number, f"image {record['image']} is {image_size[0]}x{image_size[1]} but mask "
@@ -264,6 +272,8 @@ def referring_datalist(records_file: str | Path, split: str, test_fold: int = 0,
     ``train`` = the other folds (the paper: 4 folds train, 1 tests). ``limit``: the first N only."""
     if split not in ("train", "val", "test", "all"):
         raise ValueError(f"split must be train, val, test or all, got {split!r}")
+    if val_fold is not None and val_fold == test_fold:
+        raise ValueError(f"val_fold and test_fold are both {test_fold}: the model would be chosen on the test fold")
     records = read_referring_records(records_file, max_targets)
     if any("fold" not in r for r in records) and split != "all":
         raise DatasetError(records_file, "records without a 'fold' field can only be used whole (split='all')")
