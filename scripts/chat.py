@@ -8,6 +8,8 @@ image; its answer is printed and its masks and overlay written.
     > :quit                         (or Ctrl-D)
 
 Non-interactive (scripts, tests): ``--instructions "['first', 'second']"`` answers each in turn and exits.
+The frozen LLaVA and SAM load from where the checkpoint says; where they lie elsewhere on this machine:
+``--pretrained_sources "{'sam.checkpoint': '/weights/sam_vit_h_4b8939.pth'}"``.
 """
 
 from __future__ import annotations
@@ -23,26 +25,27 @@ from common.core.describe import typed
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load(checkpoint: str, bundle: str, device: str | None):
+def _load(checkpoint: str, bundle: str, device: str | None, pretrained_sources: dict | None = None):
     import torch
 
     from common.engine.checkpoints import load_model
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    trained = load_model(checkpoint, str(bundle))
+    trained = load_model(checkpoint, str(bundle), pretrained_sources=pretrained_sources)
     return trained, trained.network.to(device)
 
 
 @typed  # fire hands over '--flag false' as the text 'false': read it as the annotation says
 def main(checkpoint: str = str(ROOT / "bundles/ltse/models/model.pt"), image: str | None = None,
          instructions=None, output_dir: str = "runs/ltse/chat", bundle: str = str(ROOT / "bundles/ltse"),
-         device: str | None = None, threshold: float = 0.0, max_new_tokens: int | None = None) -> None:
+         device: str | None = None, threshold: float = 0.0, max_new_tokens: int | None = None,
+         pretrained_sources: dict | None = None) -> None:
     """Load ``checkpoint`` once and answer instructions about ``image`` (module doc)."""
     import torch
 
     from bundles.ltse.scripts.inference import AnswerWriter, read_rgb
 
-    trained, network = _load(checkpoint, bundle, device)
+    trained, network = _load(checkpoint, bundle, device, pretrained_sources)
     max_new_tokens = max_new_tokens or int(trained.settings.get("max_new_tokens", 64))
     writer = AnswerWriter(output_dir)
     current = {"path": None, "rgb": None}

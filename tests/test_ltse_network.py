@@ -317,6 +317,42 @@ def test_checkpoints_keep_only_the_trained_parts_and_rebuild_from_the_descriptio
         load_weights(single, state, description.excluded_prefixes())
 
 
+def test_a_model_whose_bases_lie_elsewhere_on_this_machine_loads_when_told_where(llava_dir, sam_checkpoint, tmp_path):
+    """A shared model.pt names the SAM file and LLaVA folder of the machine it was trained on; on another
+    machine the error says which sources it needs and --pretrained_sources points them to local copies."""
+    import shutil
+
+    from common.core.describe import ConfigurationError
+    from common.engine.checkpoints import load_model
+
+    net = make_ltse(llava_dir, checkpoint=sam_checkpoint)
+    description = ModelDescription(net, ROOT / "bundles" / "ltse", leave_out_frozen_pretrained=True)
+    trained_here = tmp_path / "trained_here"
+    shutil.copytree(llava_dir, trained_here / "llava")
+    shutil.copy(sam_checkpoint, trained_here / "sam.pth")
+    state = description.state_dict()
+    state["network"]["sam"]["checkpoint"] = str(trained_here / "sam.pth")
+    state["network"]["llava"]["name_or_path"] = str(trained_here / "llava")
+    torch.save({"model": description.weights.state_dict(), "description": state}, tmp_path / "model.pt")
+    elsewhere = tmp_path / "elsewhere"
+    shutil.move(str(trained_here), str(elsewhere))     # the other machine keeps them somewhere else
+    bundle = str(ROOT / "bundles" / "ltse")
+    with pytest.raises(CheckpointError, match=r"Its pretrained parts load from llava.name_or_path = .*trained_here/llava"
+                                              r".*sam.checkpoint = .*trained_here/sam.pth.*--pretrained_sources"):
+        load_model(str(tmp_path / "model.pt"), bundle)
+    with pytest.raises(ConfigurationError, match=r"'sam.weights' is not a pretrained source of this model; its "
+                                                 r"sources: llava.name_or_path .*, sam.checkpoint"):
+        load_model(str(tmp_path / "model.pt"), bundle, pretrained_sources={"sam.weights": "x"})
+    loaded = load_model(str(tmp_path / "model.pt"), bundle, pretrained_sources={
+        "sam.checkpoint": str(elsewhere / "sam.pth"), "llava.name_or_path": str(elsewhere / "llava")})
+    assert loaded.description["network"]["sam"]["checkpoint"] == str(elsewhere / "sam.pth")
+    net.eval()
+    inputs, _ = make_batch(net)
+    with torch.no_grad():
+        a, b = net(**inputs), loaded.network(**inputs)
+    assert torch.allclose(a["logits"], b["logits"], atol=1e-5)
+
+
 def test_a_random_base_named_by_no_source_stays_in_the_checkpoint(llava_dir):
     """A base with random weights (``pretrained: false``, no SAM checkpoint) cannot be reloaded from anywhere:
     leaving it out would rebuild a different random network."""

@@ -198,3 +198,32 @@ def test_the_ltse_zip_carries_only_what_training_changed_and_export_says_why_not
                   check=False)
     assert proc.returncode != 0 and "ltse: no TorchScript/ONNX export: its answer is generated token by token" in proc.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_the_ltse_zip_loads_its_bases_from_where_this_machine_keeps_them(trained, tmp_path):
+    """The zip's checkpoint names the SAM file and LLaVA folder of the training machine; the zip's own
+    (vendored) loader takes --pretrained_sources, and a wrong one fails naming the path it was given."""
+    import shutil
+
+    import torch
+
+    model, inputs = trained("ltse")
+    python("scripts/package.py", "--bundle", "ltse", "--model", str(model), "--out_dir", str(tmp_path / "dist"))
+    archive = next((tmp_path / "dist").glob("ltse_v*.zip"))
+    version = archive.stem.split("_v")[1]
+    python("-m", "monai.bundle", "download", "--name", "ltse", "--version", version, "--bundle_dir",
+           str(tmp_path / "zoo"), "--url", f"file://{archive}", cwd=tmp_path)
+    network = torch.load(model, map_location="cpu", weights_only=True)["description"]["network"]
+    here = tmp_path / "bases_here"
+    shutil.copytree(network["llava"]["name_or_path"], here / "llava")
+    shutil.copy(network["sam"]["checkpoint"], here / "sam.pth")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "driver.py").write_text(DRIVER)
+    args = [a.lstrip("-") if i % 2 == 0 else a for i, a in enumerate(inputs)]
+    wrong = python("driver.py", str(tmp_path / "zoo"), "ltse", str(elsewhere / "out"), *args, "pretrained_sources",
+                   str({"sam.checkpoint": str(here / "no_such_sam.pth")}), cwd=elsewhere, check=False)
+    assert wrong.returncode != 0 and "no_such_sam.pth" in wrong.stderr
+    python("driver.py", str(tmp_path / "zoo"), "ltse", str(elsewhere / "out"), *args, "pretrained_sources",
+           str({"sam.checkpoint": str(here / "sam.pth"), "llava.name_or_path": str(here / "llava")}), cwd=elsewhere)
+    assert any((elsewhere / "out").glob("*_seg*.png")) or any((elsewhere / "out").glob("*_overlay.png"))

@@ -177,8 +177,13 @@ def typed(func: Callable) -> Callable:
 
 
 # ---------------------------------------------------------------------------- recording
-def configurable(cls: type | None = None, *, pretrained: Mapping[str, Any] | None = None):
-    """Class decorator: typed constructor arguments and a recorded description (module doc)."""
+def configurable(cls: type | None = None, *, pretrained: Mapping[str, Any] | None = None,
+                 sources: Iterable[str] | None = None):
+    """Class decorator: typed constructor arguments and a recorded description (module doc).
+
+    ``sources``: the arguments that say where the pretrained weights lie (a file, a folder, a hub id), which a
+    user may point elsewhere when a model is loaded on another machine (:func:`relocate`); default: the
+    ``pretrained`` arguments themselves."""
 
     def decorate(klass: type) -> type:
         original = klass.__init__
@@ -200,7 +205,8 @@ def configurable(cls: type | None = None, *, pretrained: Mapping[str, Any] | Non
 
         klass.__init__ = __init__
         klass._pretrained_arguments = dict(pretrained or {})
-        for name in klass._pretrained_arguments:
+        klass._source_arguments = tuple(sources) if sources is not None else tuple(klass._pretrained_arguments)
+        for name in (*klass._pretrained_arguments, *klass._source_arguments):
             if name not in inspect.signature(original).parameters:
                 raise TypeError(f"{klass.__name__} has no argument '{name}' to mark as pretrained")
         return klass
@@ -317,6 +323,53 @@ def bundle_scripts(bundle_root: str | Path | None):
         for name in [n for n in sys.modules if n == "scripts" or n.startswith("scripts.")]:
             del sys.modules[name]
         sys.modules.update(saved)
+
+
+def source_paths(config: Mapping, bundle_root: str | Path | None = None) -> dict[str, Any]:
+    """``{"sam.checkpoint": "/weights/sam_vit_h_4b8939.pth", ...}``: where in a description the pretrained
+    parts say their weights lie (each configurable class's ``sources``), with the values it holds."""
+    from pydoc import locate
+
+    found: dict[str, Any] = {}
+
+    def walk(node, path: str) -> None:
+        if isinstance(node, Mapping):
+            if "_target_" in node:
+                klass = locate(_vendored({"_target_": node["_target_"]})["_target_"])
+                for name in getattr(klass, "_source_arguments", ()):
+                    if name in node:
+                        found[f"{path}.{name}" if path else name] = node[name]
+            for key, value in node.items():
+                if key != "_target_":
+                    walk(value, f"{path}.{key}" if path else str(key))
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, f"{path}.{i}" if path else str(i))
+
+    with bundle_scripts(bundle_root):
+        walk(config, "")
+    return found
+
+
+def relocate(config: Mapping, sources: Mapping[str, Any], bundle_root: str | Path | None = None) -> dict:
+    """A copy of a description whose pretrained parts load from ``sources`` (path in the description ->
+    new file, folder or hub id; see :func:`source_paths`) instead of where they were found when the model
+    was trained: a shared model on a machine that keeps SAM or LLaVA somewhere else."""
+    config = copy.deepcopy(dict(config))
+    if not sources:
+        return config
+    known = source_paths(config, bundle_root)
+    for path, value in sources.items():
+        if path not in known:
+            listed = ", ".join(f"{k} ({v!r})" for k, v in known.items()) or "none"
+            raise ConfigurationError(f"pretrained_sources: {path!r} is not a pretrained source of this model; "
+                                     f"its sources: {listed}")
+        node = config
+        *parents, last = path.split(".")
+        for key in parents:
+            node = node[int(key)] if isinstance(node, list) else node[key]
+        node[last] = value
+    return config
 
 
 def instantiate(config: Mapping, bundle_root: str | Path | None = None) -> Any:

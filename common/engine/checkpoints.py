@@ -37,7 +37,7 @@ from ignite.handlers.checkpoint import BaseSaveHandler
 from monai.handlers import CheckpointSaver
 
 from common.core.config import as_bool
-from common.core.describe import describe, instantiate, typed
+from common.core.describe import describe, instantiate, relocate, source_paths, typed
 from common.core.errors import CheckpointError, ConfigurationError
 
 from .network import unwrap
@@ -241,12 +241,15 @@ def read_checkpoint(path: str | None) -> dict:
 
 
 @typed
-def load_model(path: str | None, bundle_root: str, device: str | None = None) -> LoadedModel:
+def load_model(path: str | None, bundle_root: str, device: str | None = None,
+               pretrained_sources: dict | None = None) -> LoadedModel:
     """Build the network a checkpoint describes and load its weights.
 
     The checkpoint must come from the bundle at ``bundle_root``; another bundle's (or one without a
     description) is refused in one line that says what it is. A TorchScript (``.ts``) or ONNX (``.onnx``)
     file written by ``scripts/export.py`` is taken in place of a checkpoint: it carries the description.
+    ``pretrained_sources``: where this machine keeps pretrained parts that the checkpoint leaves out
+    (``{"sam.checkpoint": "/weights/sam_vit_h_4b8939.pth"}``; :func:`common.core.describe.relocate`).
     """
     if path is not None and Path(str(path)).suffix in (".ts", ".onnx"):
         return _load_exported(path, bundle_root, device)
@@ -260,19 +263,24 @@ def load_model(path: str | None, bundle_root: str, device: str | None = None) ->
     if description.get("bundle") != bundle:
         raise CheckpointError(path, f"is a checkpoint of {summary(description)}; this is the {bundle} bundle "
                                     f"({Path(bundle_root).resolve()})")
+    network_config = relocate(description["network"], pretrained_sources or {}, bundle_root)
     try:
-        network = instantiate(description["network"], bundle_root)
+        network = instantiate(network_config, bundle_root)
     except ConfigurationError:
         raise
     except Exception as err:
+        sources = {k: v for k, v in source_paths(network_config, bundle_root).items() if isinstance(v, str)}
+        hint = (" Its pretrained parts load from " + ", ".join(f"{k} = {v!r}" for k, v in sources.items()) +
+                "; where they lie elsewhere on this machine, say so: --pretrained_sources \"{'" +
+                next(iter(sources)) + "': '/path/on/this/machine'}\"") if sources else ""
         raise CheckpointError(path, f"cannot build the network it describes ({summary(description)}): "
-                                    f"{type(err).__name__}: {str(err).splitlines()[0]}") from err
+                                    f"{type(err).__name__}: {str(err).splitlines()[0]}.{hint}") from err
     load_weights(network, state["model"], description.get("excluded", ()), path)
     network.eval()
     if device is not None:
         network.to(device)
     logger.info("loaded %s from %s", summary(description), path)
-    return LoadedModel(network, dict(description), str(path))
+    return LoadedModel(network, dict(description, network=network_config), str(path))
 
 
 def _load_exported(path: str, bundle_root: str, device: str | None) -> LoadedModel:

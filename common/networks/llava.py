@@ -145,7 +145,7 @@ def _torch_dtype(name: str) -> torch.dtype:
     return getattr(torch, name)
 
 
-@configurable(pretrained={"pretrained": False})
+@configurable(pretrained={"pretrained": False}, sources=("name_or_path",))
 class LlavaLM(nn.Module):
     """LLaVA with new tokens, LoRA and trainable new-token rows; everything else frozen.
 

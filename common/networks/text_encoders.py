@@ -43,7 +43,7 @@ def _host_rows(text_ids: torch.Tensor, text_mask: torch.Tensor):
     return rows if ids_ref() is text_ids and mask_ref() is text_mask else None
 
 
-@configurable(pretrained={"pretrained": False})
+@configurable(pretrained={"pretrained": False}, sources=("name_or_path",))
 class HFTextEncoder(nn.Module):
     """A Hugging Face encoder (BERT, CXR-BERT, MiniLM, ...) giving token features.
 

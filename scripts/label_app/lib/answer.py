@@ -72,7 +72,8 @@ class AnswerInferTask(BasicInferTask):
         if cached is None or cached[2] != mtime:
             logger.info("%s: loading %s", self.serving.name, path)
             with bundle_scripts(self.serving.bundle):
-                loaded = load_model(path, str(self.serving.bundle), device=str(device))
+                loaded = load_model(path, str(self.serving.bundle), device=str(device),
+                                     pretrained_sources=self.serving.pretrained_sources)
             self._loaded[device] = cached = (loaded.network, loaded.settings, mtime)
         return cached[0], cached[1]
 

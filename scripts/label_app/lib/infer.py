@@ -55,6 +55,13 @@ class TextBundleInferTask(BundleInferTask):
         self._model_mtime = os.stat(self.path[0]).st_mtime if self.path and os.path.exists(self.path[0]) else None
         self.description = f"{self.description} (serves {serving.bundle})"
 
+    def _load_bundle_config(self, path, config):
+        """The bundle's inference config, told where this machine keeps the model's left-out pretrained parts."""
+        parser = super()._load_bundle_config(path, config)
+        if self.serving.pretrained_sources:
+            parser["pretrained_sources"] = dict(self.serving.pretrained_sources)
+        return parser
+
     def info(self) -> Dict[str, Any]:
         info = super().info()
         info["inputs"] = ["image", *self.serving.infer_options]
@@ -87,7 +94,8 @@ class TextBundleInferTask(BundleInferTask):
         else:
             logger.info("%s: loading %s (changed since it was last loaded)", self.serving.name, path)
             with bundle_scripts(self.serving.bundle):
-                network = load_model(path, str(self.serving.bundle), device=str(device)).network
+                network = load_model(path, str(self.serving.bundle), device=str(device),
+                                     pretrained_sources=self.serving.pretrained_sources).network
         self._networks[device] = (network, mtime)
         return network
 

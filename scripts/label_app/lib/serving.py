@@ -64,6 +64,7 @@ class Serving:
     result_keys: dict[str, str] = field(default_factory=dict)  # JSON answer field -> record key (e.g. instances)
     training: str | None = None             # why /train is not offered for this bundle (None: it is)
     infer_task: str = "bundle"              # "answer": instruction in, answer text + one mask per [SEG] out
+    pretrained_sources: dict[str, str] = field(default_factory=dict)  # where this machine keeps left-out bases
 
     @property
     def needs_text(self) -> bool:
@@ -109,11 +110,16 @@ def read_serving(bundle: str | Path) -> Serving:
         raise ValueError(f"{path}: result_keys must map a field of the JSON answer to a key of the post-processed "
                          f"record, got {result_keys!r}")
     training = config.get("training", True)
+    sources = config.get("pretrained_sources") or {}
+    if not isinstance(sources, dict) or not all(isinstance(v, str) for v in sources.values()):
+        raise ValueError(f"{path}: pretrained_sources must map a pretrained source of the model (e.g. sam.checkpoint) "
+                         f"to where this machine keeps it, got {sources!r}")
     return Serving(name=bundle.name, bundle=bundle, config_file=path, label_names=dict(labels),
                    infer_options=dict(options), record_requires=list(config.get("record_requires") or []),
                    record_defaults=dict(config.get("record_defaults") or {}),
                    label_key=str(config.get("label_key") or "pred"), result_keys=dict(result_keys),
-                   training=None if training is True else str(training), infer_task=infer_task)
+                   training=None if training is True else str(training), infer_task=infer_task,
+                   pretrained_sources=dict(sources))
 
 
 # -------------------------------------------------------------------------------------------------
