@@ -107,6 +107,7 @@ def test_a_time_budget_closes_the_running_epoch_and_ends_the_run():
     epoch, iteration = budget.stopped_at
     assert epoch == 1 and 2 <= iteration < 10 and closed == [(1, iteration)]
     TimeBudget(None).attach(trainer)  # no budget: nothing attached
+    assert TimeBudget("null").seconds is None and TimeBudget("240").seconds == 240.0   # --time_budget_s null / 240
     with pytest.raises(ValueError, match="time_budget_s must be positive"):
         TimeBudget(0)
 

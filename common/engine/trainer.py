@@ -275,6 +275,7 @@ class PeriodicValidation(ValidationHandler):
             engine.add_event_handler(Events.STARTED, self)
 
 
+@configurable
 class TimeBudget:
     """Stop training when ``seconds`` of wall-clock time have passed since it started (compilation,
     data loading and validation included): the iteration running then completes, its epoch is closed
@@ -282,7 +283,7 @@ class TimeBudget:
     comparisons at a fixed budget ("the best model in 240 s"). ``None``: no budget. Under DDP every
     process runs it and all stop at the same iteration (one all-reduce per iteration while a budget is set)."""
 
-    def __init__(self, seconds: float | None = None):
+    def __init__(self, seconds: float | None = None):  # "null" / "240" from the command line become None / 240.0
         if seconds is not None and float(seconds) <= 0:
             raise ValueError(f"time_budget_s must be positive (or null), got {seconds}")
         self.seconds = None if seconds is None else float(seconds)
