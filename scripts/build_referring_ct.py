@@ -28,7 +28,7 @@ from common.data.referring_ct.builder import build_referring_dataset, find_pairs
 @typed  # fire hands over '--flag false' as the text 'false': read it as the annotation says
 def main(out_dir: str, ct: str | None = None, labels: str | None = None, pairs: str | None = None,
          output_format: str = "png", val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0,
-         lesion_values: list | str | None = None, connected_components: bool = False,
+         lesion_values: list[int] | str | None = None, connected_components: bool = False,
          window_hu: tuple = ABDOMINAL_WINDOW, min_lesion_pixels: int = 4, resample_labels: bool = False) -> None:
     """Write ``train/val/test.jsonl`` and ``dataset.json`` under ``out_dir``; prints the record counts.
 
