@@ -22,7 +22,7 @@ import torch
 
 from _repo import bundle_folder, metadata
 from common.core.describe import typed
-from common.engine.checkpoints import load_model, read_checkpoint
+from common.engine.checkpoints import check_checkpoint, load_model, read_checkpoint
 from common.engine.export import (example_inputs, latency_ms, max_difference, read_exported, to_onnx, to_torchscript,
                                   why_not_exportable)
 
@@ -32,7 +32,7 @@ FRESH_TEXT = "the largest one, on the right side of the image, 12.5 mm across"
 
 @typed  # fire hands over '--flag false' as the text 'false': read it as the annotation says
 def main(bundle: str, checkpoint: str, out_dir: str | None = None, formats=("torchscript", "onnx"),
-         tolerance: float = 1e-3, json_out: str | None = None) -> str:
+         tolerance: float = 1e-3, json_out: str | None = None, trust_remote_code: bool = False) -> str:
     """Export, check and time; prints a Markdown table and returns it."""
     formats = [formats] if isinstance(formats, str) else list(formats)
     unknown = [f for f in formats if f not in FORMATS]
@@ -40,10 +40,11 @@ def main(bundle: str, checkpoint: str, out_dir: str | None = None, formats=("tor
         raise ValueError(f"unknown formats {unknown}; choose from {list(FORMATS)}")
     torch.manual_seed(0)
     root = bundle_folder(bundle)
-    reason = why_not_exportable(read_checkpoint(checkpoint).get("description") or {}, root)
+    description = check_checkpoint(read_checkpoint(checkpoint), checkpoint, root, trust_remote_code)  # data only
+    reason = why_not_exportable(description, root)
     if reason:
         raise ValueError(f"{bundle}: no TorchScript/ONNX export: {reason}")
-    loaded = load_model(checkpoint, str(root), "cpu")
+    loaded = load_model(checkpoint, str(root), "cpu", trust_remote_code=trust_remote_code)
     network, description = loaded.network.eval(), loaded.description
     out = Path(out_dir) if out_dir else Path(checkpoint).parent
     out.mkdir(parents=True, exist_ok=True)

@@ -41,6 +41,7 @@ import yaml
 from _repo import ROOT, bundle_folder
 
 from common.core.describe import typed
+from common.engine.checkpoints import check_checkpoint, read_checkpoint
 
 VENDOR = "scripts.tgseg"
 SHARED = ("common", "transforms")  # the repository's shared packages
@@ -213,7 +214,7 @@ def _bump(version: str, part: str) -> str:
 
 
 def stage(bundle: str, target: Path, model: str | None = None, max_zip_mb: float = 25.0,
-          model_url: str = "") -> dict:
+          model_url: str = "", trust_remote_code: bool = False) -> dict:
     """Write the unpacked bundle into ``target`` (which must not exist); returns its metadata."""
     import torch
 
@@ -249,10 +250,7 @@ def stage(bundle: str, target: Path, model: str | None = None, max_zip_mb: float
     large = []
     if model:
         model = Path(model)
-        state = torch.load(model, map_location="cpu", weights_only=True)
-        description = state.get("description", {})
-        if description.get("bundle") != bundle:
-            raise ValueError(f"{model} is not a checkpoint of the {bundle} bundle (it says {description.get('bundle')!r})")
+        description = checked_model(folder, model, trust_remote_code)
         text = description.get("settings", {}).get("text")
         (target / "models").mkdir()
         if text:
@@ -282,9 +280,17 @@ def stage(bundle: str, target: Path, model: str | None = None, max_zip_mb: float
     return meta
 
 
+def checked_model(folder: Path, model: str | Path, trust_remote_code: bool = False) -> dict:
+    """The description of a ``model.pt`` to pack, read as data: a checkpoint of another bundle, one whose
+    description holds anything but plain values naming this bundle's classes, or with non-finite weights is
+    refused (:func:`common.engine.checkpoints.check_checkpoint`), so no zip passes such a file on."""
+    return check_checkpoint(read_checkpoint(str(model)), model, folder, trust_remote_code)
+
+
 @typed  # fire hands over '--flag false' as the text 'false': read it as the annotation says
 def main(bundle: str, model: str | None = None, out_dir: str = "dist", max_zip_mb: float = 25.0,
-         model_url: str = "", bump: str | None = None, changelog: str | None = None) -> str:
+         model_url: str = "", bump: str | None = None, changelog: str | None = None,
+         trust_remote_code: bool = False) -> str:
     """Write ``<out_dir>/<bundle>_v<version>.zip``; prints and returns its path.
 
     Args:
@@ -295,8 +301,12 @@ def main(bundle: str, model: str | None = None, out_dir: str = "dist", max_zip_m
         model_url: where the large model can be downloaded (``monai.bundle download_large_files``).
         bump: raise the bundle's version first (``major``, ``minor``, ``patch``) in its metadata.json,
             with ``changelog`` as the entry for the new version.
+        trust_remote_code: pack a model whose text encoder ships its own code (CXR-BERT); it is saved with
+            the zip's tokenizer.
     """
     folder = bundle_folder(bundle)
+    if model:
+        checked_model(folder, model, trust_remote_code)  # before any work: a refused model changes nothing
     if bump:
         if not changelog:
             raise ValueError("--bump needs --changelog: what changed in this version")
@@ -308,7 +318,7 @@ def main(bundle: str, model: str | None = None, out_dir: str = "dist", max_zip_m
         print(f"{bundle}: version {meta['version']} ({meta_path})")
     with tempfile.TemporaryDirectory() as tmp:
         target = Path(tmp) / bundle
-        meta = stage(bundle, target, model, max_zip_mb, model_url)
+        meta = stage(bundle, target, model, max_zip_mb, model_url, trust_remote_code)
         out = Path(out_dir) / f"{bundle}_v{meta['version']}.zip"
         out.parent.mkdir(parents=True, exist_ok=True)
         with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:

@@ -78,7 +78,7 @@ def test_description_rebuilds_the_same_network_and_drops_pretrained_sources():
         "encoder": {"_target_": f"{__name__}.Encoder", "width": 6, "weights": None},  # the checkpoint has them
         "levels": ["x"], "flag": False, "rate": 0.5, "limit": None,
     }
-    again = instantiate(config)
+    again = instantiate(config, roots=(__name__.split('.')[0],))  # this test module's classes
     again.load_state_dict(net.state_dict())
     x = torch.randn(2, 6)
     assert torch.equal(again.encoder.layer(x), net.encoder.layer(x))

@@ -10,7 +10,8 @@
    raises, naming the class, the argument and the value.
 2. **Self-description.** The call is recorded, and :func:`describe` returns it as a MONAI config
    (``{"_target_": "scripts.network.TMCA", "image_encoder": {"_target_": ...}, "use_ltem": false,
-   ...}``) in plain values, which :func:`instantiate` (MONAI's ``ConfigParser``) builds again.
+   ...}``) in plain values, which :func:`instantiate` builds again, reading it as data (never through
+   MONAI's ``ConfigParser``, which would run a ``$`` expression or any ``_target_`` a stranger put there).
    Checkpoints carry it (:mod:`common.engine.checkpoints`), so evaluation, inference and export
    build the network that was trained instead of one restated in another config.
 
@@ -30,6 +31,7 @@ import contextlib
 import copy
 import functools
 import inspect
+import re
 import sys
 import types
 import typing
@@ -40,7 +42,7 @@ from .config import as_bool
 from .errors import ConfigurationError
 
 __all__ = ["configurable", "typed", "coerce", "describe", "instantiate", "bundle_scripts", "target_name",
-           "is_configurable", "ConfigurationError"]
+           "is_configurable", "check_description", "described_class", "remote_code_requested", "ConfigurationError"]
 
 _NULL = {"null", "none", ""}
 _MARKERS = ("$", "@", "%")  # strings MONAI's config parser would read as expressions or references
@@ -204,6 +206,7 @@ def configurable(cls: type | None = None, *, pretrained: Mapping[str, Any] | Non
             original(*bound.args, **bound.kwargs)
 
         klass.__init__ = __init__
+        _CLASSES.add(klass)
         klass._pretrained_arguments = dict(pretrained or {})
         klass._source_arguments = tuple(sources) if sources is not None else tuple(klass._pretrained_arguments)
         for name in (*klass._pretrained_arguments, *klass._source_arguments):
@@ -233,16 +236,6 @@ def target_name(klass: type) -> str:
     if VENDOR_PREFIX and module.startswith(VENDOR_PREFIX):
         module = module[len(VENDOR_PREFIX):]
     return f"{module}.{klass.__qualname__}"
-
-
-def _vendored(config):
-    """A description's shared-code targets (``common.``/``transforms.``) under this copy's vendored prefix."""
-    if isinstance(config, dict):
-        return {k: (VENDOR_PREFIX + v if k == "_target_" and isinstance(v, str) and v.split(".")[0] in
-                    ("common", "transforms") else _vendored(v)) for k, v in config.items()}
-    if isinstance(config, list):
-        return [_vendored(v) for v in config]
-    return config
 
 
 def describe(obj: Any, keep_pretrained: Iterable[Any] = ()) -> dict:
@@ -328,14 +321,12 @@ def bundle_scripts(bundle_root: str | Path | None):
 def source_paths(config: Mapping, bundle_root: str | Path | None = None) -> dict[str, Any]:
     """``{"sam.checkpoint": "/weights/sam_vit_h_4b8939.pth", ...}``: where in a description the pretrained
     parts say their weights lie (each configurable class's ``sources``), with the values it holds."""
-    from pydoc import locate
-
     found: dict[str, Any] = {}
 
     def walk(node, path: str) -> None:
         if isinstance(node, Mapping):
             if "_target_" in node:
-                klass = locate(_vendored({"_target_": node["_target_"]})["_target_"])
+                klass = described_class(node["_target_"], path)
                 for name in getattr(klass, "_source_arguments", ()):
                     if name in node:
                         found[f"{path}.{name}" if path else name] = node[name]
@@ -372,12 +363,97 @@ def relocate(config: Mapping, sources: Mapping[str, Any], bundle_root: str | Pat
     return config
 
 
-def instantiate(config: Mapping, bundle_root: str | Path | None = None) -> Any:
-    """Build an object from a description with MONAI's ``ConfigParser``; ``scripts.<module>`` targets
-    resolve to the package of ``bundle_root`` (:func:`bundle_scripts`), as in ``monai.bundle run``."""
-    from monai.bundle import ConfigParser
-
+def instantiate(config: Mapping, bundle_root: str | Path | None = None, where: str = "network",
+                roots: Iterable[str] = ("scripts", "common", "transforms")) -> Any:
+    """Build an object from a description, read as data (:func:`check_description`): every ``_target_`` must
+    be a ``@configurable`` class of the shared code or of the bundle's own ``scripts`` package (resolved in
+    the package of ``bundle_root``, :func:`bundle_scripts`), every other value a plain JSON value. Nothing in
+    it is evaluated: no ``$`` expression, ``@`` reference, ``%`` macro or other callable, which MONAI's
+    ``ConfigParser`` would run. ``roots``: the top-level packages whose classes it may name."""
     config = copy.deepcopy(dict(config))
-    parser = ConfigParser({"built": _vendored(config) if VENDOR_PREFIX else config})
+    roots = tuple(roots)
     with bundle_scripts(bundle_root):
-        return parser.get_parsed_content("built")
+        check_description(config, where, roots=roots)
+        return _build(config, roots)
+
+
+def _build(node: Any, roots: tuple[str, ...]) -> Any:
+    if isinstance(node, Mapping):
+        arguments = {key: _build(value, roots) for key, value in node.items() if key != "_target_"}
+        return described_class(node["_target_"], "", roots)(**arguments) if "_target_" in node else arguments
+    if isinstance(node, list):
+        return [_build(value, roots) for value in node]
+    return node
+
+
+# ---------------------------------------------------------------------------- a description is data
+_CLASSES: set[type] = set()  # every @configurable class: the only classes a description may name
+_OWN_ROOTS = ("scripts", "common", "transforms")  # a bundle's own package, the shared code
+_DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+
+
+def described_class(target: Any, where: str, roots: Iterable[str] = _OWN_ROOTS) -> type:
+    """The class a description's ``_target_`` names, checked before anything is imported (importing a module
+    runs its code): a dotted name under ``roots`` (by default the bundle's ``scripts`` package and the shared
+    code) naming a ``@configurable`` class. Anything else raises :class:`ConfigurationError` naming ``where``."""
+    from pydoc import locate
+
+    label = f"{where}._target_" if where else "_target_"
+    roots = tuple(roots)
+    if not isinstance(target, str) or not _DOTTED.match(target) or target.split(".")[0] not in roots:
+        allowed = ", ".join(f"{r}.*" for r in roots)
+        raise ConfigurationError(f"{label} = {target!r}: a description may name only classes of {allowed}")
+    shared = target.split(".")[0] != "scripts"
+    klass = locate(VENDOR_PREFIX + target if (shared and VENDOR_PREFIX) else target)
+    if klass not in _CLASSES:
+        raise ConfigurationError(f"{label} = {target!r} is not a class these bundles build from a description "
+                                 "(@configurable)")
+    return klass
+
+
+def check_description(node: Any, where: str, classes: bool = True, roots: Iterable[str] = _OWN_ROOTS) -> None:
+    """Refuse anything in a description (or a part of it) that is not plain data, naming its key.
+
+    Allowed: dicts with string keys, lists, strings, numbers, booleans and null; a ``_target_`` (only where
+    ``classes``) naming a class :func:`described_class` accepts. Refused: strings that MONAI's config parser would read as an expression, a
+    reference or a macro (``$``, ``@``, ``%``), its other special keys (``_requires_``, ``_disabled_``,
+    ``_mode_``, ``_desc_``), and any other type. Call it inside :func:`bundle_scripts`."""
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            path = f"{where}.{key}" if where else str(key)
+            if not isinstance(key, str):
+                raise ConfigurationError(f"{where}: key {key!r} is not a string")
+            if key == "_target_":
+                if not classes:
+                    raise ConfigurationError(f"{path} = {value!r}: this part of a description names no classes")
+                described_class(value, where, roots)
+            elif key.startswith("_") and key.endswith("_"):
+                raise ConfigurationError(f"{path}: {key} is a MONAI config directive, not a setting")
+            else:
+                check_description(value, path, classes, roots)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            check_description(value, f"{where}[{i}]", classes, roots)
+    elif isinstance(node, str):
+        if node.startswith(_MARKERS):
+            raise ConfigurationError(f"{where} = {node!r} starts with {node[0]!r}, which a MONAI config would read "
+                                     "as an expression, a reference or a macro")
+    elif node is not None and not isinstance(node, (bool, int, float)):
+        raise ConfigurationError(f"{where}: a {type(node).__name__} is not a plain value")
+
+
+def remote_code_requested(node: Any, where: str = "") -> list[str]:
+    """The keys of a description that ask for code shipped with a pretrained model (``trust_remote_code``
+    true): a checkpoint cannot grant that itself."""
+    found = []
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            path = f"{where}.{key}" if where else str(key)
+            if key == "trust_remote_code" and value not in (False, None, "false", "False", 0):
+                found.append(path)
+            else:
+                found += remote_code_requested(value, path)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found += remote_code_requested(value, f"{where}[{i}]")
+    return found

@@ -49,12 +49,10 @@ def example_inputs(description: Mapping, tokenizer: str | None, batch: int = 1, 
 def why_not_exportable(description: Mapping, bundle_root: str | Path) -> str | None:
     """Why the network a checkpoint describes cannot be one traced graph (its class's ``not_exportable``:
     LTSE generates its answer token by token), or None; asked before the network is built."""
-    from pydoc import locate
-
-    from common.core.describe import bundle_scripts
+    from common.core.describe import bundle_scripts, described_class
 
     with bundle_scripts(bundle_root):
-        klass = locate(str((description.get("network") or {}).get("_target_", "")))
+        klass = described_class((description.get("network") or {}).get("_target_"), "network", roots=("scripts",))
     return getattr(klass, "not_exportable", None)
 
 
