@@ -9,6 +9,14 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
 
+def without_alpha(img: torch.Tensor) -> torch.Tensor:
+    """A channel-first image of 2 (grey + alpha) or 4 (RGBA) channels without its last, alpha, channel;
+    any other image as it is. Alpha is transparency, never image content or mask foreground."""
+    if img.shape[0] in (2, 4):
+        return img[: img.shape[0] - 1]
+    return img
+
+
 class EnsureChannelsd(MapTransform):
     """Make channel-first images have exactly ``channels`` channels.
 
@@ -25,9 +33,7 @@ class EnsureChannelsd(MapTransform):
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
-            img = d[key]
-            if img.shape[0] in (2, 4):  # grey+alpha or RGBA
-                img = img[: img.shape[0] - 1]
+            img = without_alpha(d[key])
             if img.shape[0] == self.channels:
                 pass
             elif img.shape[0] == 1:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Hashable, Mapping
 
+import torch
 from monai.config import KeysCollection
 from monai.data import PILReader
 from monai.transforms import LoadImage, MapTransform
@@ -21,7 +22,8 @@ class LoadImageSafed(MapTransform):
     PNG/JPEG/BMP/TIFF are read with PIL in row-major (H, W[, C]) order, so
     "top left" in a prompt is the top left of the array, and channel-first
     arrays (C, H, W) come out. Other formats (NIfTI, DICOM, MHA, ...) use
-    MONAI's default readers (nibabel / ITK).
+    MONAI's default readers (nibabel / ITK). A file with NaN or infinite pixels
+    (float TIFF, NIfTI) raises, naming it, rather than becoming an empty prediction.
     """
 
     def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False):
@@ -42,5 +44,16 @@ class LoadImageSafed(MapTransform):
                 d[key] = loader(path)
             except Exception as err:  # readers raise many types; report the file either way
                 raise DatasetError(path, f"cannot read {key} file ({type(err).__name__}: {err})") from err
+            refuse_non_finite(d[key], path, key)
         return d
 
+
+def refuse_non_finite(image: torch.Tensor, path: str | os.PathLike, key: str) -> None:
+    """Raise, naming the file, if a loaded image holds NaN or infinite values."""
+    if not torch.is_floating_point(image):
+        return
+    finite = torch.isfinite(image)
+    if not finite.all():
+        bad, total = int(finite.numel() - finite.sum()), finite.numel()
+        raise DatasetError(path, f"{key} has non-finite pixel values (NaN or inf): {bad} of {total} values; "
+                                 "replace them (e.g. numpy.nan_to_num) or leave the file out")

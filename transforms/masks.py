@@ -10,15 +10,24 @@ from monai.transforms import MapTransform
 
 from common.core.errors import DatasetError
 
+from .image import without_alpha
+
+
+def _source(mask, data: Mapping, key: Hashable):
+    return getattr(mask, "meta", {}).get("filename_or_obj") or data.get(f"{key}_path") or key
+
 
 class BinarizeMaskd(MapTransform):
-    """(C, H, W) mask of any channel count -> (1, H, W) float {0, 1}: foreground where any channel exceeds
-    ``threshold``.
+    """(C, H, W) mask of any channel count -> (1, H, W) float {0, 1}.
+
+    The channel rule: an alpha channel (the last of 2 or 4 channels: grey + alpha, RGBA) is dropped
+    first and never counts; then a pixel is foreground where any remaining channel exceeds
+    ``threshold``, so a white, red or green stroke on black is foreground alike.
 
     The threshold belongs to the dataset format (:func:`common.data.datalist.mask_threshold`): 127 for
     Kvasir-SEG's lossy JPEG masks, 0 (any non-zero label) for lossless PNG masks. A mask that has
     non-zero values but none above the threshold (labels 0/3 under 127) would silently become an empty
-    target: that raises, naming the file.
+    target: that raises, naming the file; so does a mask drawn only in its alpha channel.
     """
 
     def __init__(self, keys: KeysCollection, threshold: float, allow_missing_keys: bool = False):
@@ -29,20 +38,30 @@ class BinarizeMaskd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             mask = d[key]
-            binary = (mask > self.threshold).any(dim=0, keepdim=True).to(torch.float32)
+            colours = without_alpha(mask)
+            binary = (colours > self.threshold).any(dim=0, keepdim=True).to(torch.float32)
             if not binary.any():
-                peak = float(torch.as_tensor(mask).max()) if torch.as_tensor(mask).numel() else 0.0
-                if peak > 0:
-                    source = getattr(mask, "meta", {}).get("filename_or_obj") or d.get(f"{key}_path") or key
-                    raise DatasetError(source, f"mask has values up to {peak:g} but none above the threshold "
-                                               f"{self.threshold:g}, so its target would be empty; check the "
-                                               "dataset_format (its mask threshold) or the mask's values")
+                self._refuse_hidden_foreground(mask, colours, _source(mask, d, key))
             d[key] = binary
         return d
 
+    def _refuse_hidden_foreground(self, mask, colours, source) -> None:
+        """An empty target is fine for an empty mask; not for one whose drawing the threshold or alpha hides."""
+        colours = torch.as_tensor(colours)
+        peak = float(colours.max()) if colours.numel() else 0.0
+        if peak > 0:
+            raise DatasetError(source, f"mask has values up to {peak:g} but none above the threshold "
+                                       f"{self.threshold:g}, so its target would be empty; check the "
+                                       "dataset_format (its mask threshold) or the mask's values")
+        if colours.shape[0] < mask.shape[0]:
+            alpha = torch.as_tensor(mask)[-1]
+            if alpha.numel() and alpha.min() != alpha.max():
+                raise DatasetError(source, "mask is drawn only in its alpha channel (its colour channels are all "
+                                           "0); alpha never counts as foreground: draw the foreground in colour")
+
 
 class ColorMaskToLabeld(MapTransform):
-    """RGB colour-coded mask (3, H, W) -> (1, H, W) integer labels.
+    """RGB colour-coded mask (3, H, W; an RGBA mask loses its alpha first) -> (1, H, W) integer labels.
 
     ``colors`` maps a label to an RGB triple; each pixel gets the label of the
     colour it is nearest to, and 0 where it is nearer to black than to every
@@ -63,7 +82,7 @@ class ColorMaskToLabeld(MapTransform):
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
-            mask = d[key]
+            mask = without_alpha(d[key])
             if mask.shape[0] != 3:
                 src = getattr(mask, "meta", {}).get("filename_or_obj", key)
                 raise ValueError(f"{src}: colour mask needs 3 channels, got {mask.shape[0]}")

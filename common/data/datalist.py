@@ -17,7 +17,6 @@ files and size mismatches before training.
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 from typing import Sequence
@@ -25,7 +24,7 @@ from typing import Sequence
 from common.core.describe import typed
 from common.core.errors import DatasetError
 
-from .files import IMAGE_SUFFIXES, find_file
+from .files import IMAGE_SUFFIXES, find_file, read_csv_rows
 from .lvit import lvit_datalist
 from .prompt_json import prompt_json_datalist
 
@@ -41,7 +40,8 @@ def mask_threshold(dataset_format: str) -> float:
     return MASK_THRESHOLDS[dataset_format]
 
 def file_datalist(path: str | Path, required: Sequence[str] = ("image", "text")) -> list[dict]:
-    """A JSON list, JSONL or CSV (``image,label,text``) of records; relative paths are relative to the file.
+    """A JSON list, JSONL or CSV (``image,label,text``; comma, semicolon or tab separated) of records; relative
+    paths are relative to the file.
 
     Every record needs the ``required`` keys (training and evaluation also need ``label``); a missing one
     raises, naming the file, the record and the columns it has.
@@ -55,8 +55,9 @@ def file_datalist(path: str | Path, required: Sequence[str] = ("image", "text"))
         elif path.suffix == ".json":
             entries = json.loads(path.read_text())
         else:
-            with open(path, newline="", encoding="utf-8-sig") as f:
-                entries = list(csv.DictReader(f))
+            entries = _csv_records(path)
+    except DatasetError:
+        raise
     except Exception as err:
         raise DatasetError(path, f"cannot parse datalist ({type(err).__name__}: {err})") from err
     if not isinstance(entries, list):
@@ -79,6 +80,24 @@ def file_datalist(path: str | Path, required: Sequence[str] = ("image", "text"))
                 rec[key] = str(p)
         rec.setdefault("name", Path(rec["image"]).stem)
         records.append(rec)
+    return records
+
+
+def _csv_records(path: Path) -> list[dict]:
+    """The rows of a CSV datalist (separated by comma, semicolon or tab) as records named by its header.
+
+    A row with more non-empty fields than the header has columns raises: its extra fields (a text with an
+    unquoted separator) would otherwise be lost."""
+    header, rows = read_csv_rows(path)
+    header = [name.strip() for name in header]  # "image; label; text"
+    records = []
+    for number, row in enumerate(rows, start=2):  # row 1 is the header
+        if not row:  # a blank line
+            continue
+        if any(cell.strip() for cell in row[len(header):]):
+            raise DatasetError(path, f"row {number} has {len(row)} fields but the header has {len(header)} "
+                                     f"({', '.join(header)}); put a text that holds the separator in double quotes")
+        records.append(dict(zip(header, row)))
     return records
 
 

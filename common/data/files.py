@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import Sequence
 
@@ -11,6 +12,9 @@ SPLITS = ("train", "val", "test")
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+# separators a CSV file may use: comma, semicolon (spreadsheets in many locales), tab
+CSV_SEPARATORS = (",", ";", "\t")
 
 
 def first_existing(base: Path, names: Sequence[str], kind: str, want_dir: bool = True) -> Path:
@@ -28,3 +32,20 @@ def find_file(bases: Sequence[Path], names: Sequence[str]) -> Path | None:
                 return base / name
     return None
 
+
+def csv_separator(header_line: str) -> str:
+    """The separator of a CSV file: whichever of :data:`CSV_SEPARATORS` its header line holds most
+    (a comma when it holds none: one column)."""
+    counts = {sep: header_line.count(sep) for sep in CSV_SEPARATORS}
+    best = max(counts, key=counts.get)
+    return best if counts[best] else ","
+
+
+def read_csv_rows(path: str | Path) -> tuple[list[str], list[list[str]]]:
+    """The header and the rows of a CSV file separated by comma, semicolon or tab (:func:`csv_separator`)."""
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        separator = csv_separator(f.readline())
+        f.seek(0)
+        reader = csv.reader(f, delimiter=separator)
+        header = next(reader, [])
+        return header, list(reader)

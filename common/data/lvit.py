@@ -11,14 +11,13 @@
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 from pathlib import Path
 
 from common.core.errors import DatasetError
 
-from .files import IMAGE_SUFFIXES, SPLITS, find_file, first_existing
+from .files import IMAGE_SUFFIXES, SPLITS, find_file, first_existing, read_csv_rows
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +35,7 @@ _MASK_DIRS = ("Ground-truths", "Ground-Truths", "masks", "labelcol", "labels")
 
 
 def read_text_table(path: str | Path) -> list[tuple[str, str]]:
-    """Rows ``(Image, Description)`` of a CSV or LViT XLSX text file."""
+    """Rows ``(Image, Description)`` of a CSV (comma, semicolon or tab separated) or LViT XLSX text file."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError(path, "text file does not exist")
@@ -48,10 +47,7 @@ def read_text_table(path: str | Path) -> list[tuple[str, str]]:
             header = [str(c) for c in frame.columns]
             rows = frame.astype(object).values.tolist()
         else:
-            with open(path, newline="", encoding="utf-8-sig") as f:
-                reader = csv.reader(f)
-                header = next(reader, [])
-                rows = list(reader)
+            header, rows = read_csv_rows(path)
     except DatasetError:
         raise
     except Exception as err:
