@@ -16,11 +16,11 @@ import subprocess
 import sys
 import time
 
-import fire
-
 from _repo import ROOT, bundle_names, read_bundle_config
 
 from common.core.describe import typed
+from common.core.flags import did_you_mean
+from common.engine.checkpoints import check_demo_may_replace
 
 
 def _configs(bundle: str, *extra: str) -> str:
@@ -56,9 +56,11 @@ def main(bundle: str = "tmca", epochs: int | None = None, dataset_dir: str | Non
     """Train, evaluate and run a bundle on synthetic data (CPU: a few minutes)."""
     names = bundle_names(with_demo=True)
     if bundle not in names:
-        raise ValueError(f"no demo for {bundle!r}; bundles with a configs/demo.yaml: {names}")
+        raise ValueError(f"no demo for {bundle!r};{did_you_mean(str(bundle), names)} bundles with a configs/demo.yaml: "
+                         f"{names}")
     start = time.time()
     output_dir = output_dir or f"runs/{bundle}_demo"
+    check_demo_may_replace(str(ROOT / output_dir / "models"))  # before anything runs: a real model is never replaced
     py = [sys.executable, "-m", "monai.bundle", "run"]
     common = ["--output_dir", output_dir, "--progress_bar", str(progress_bar)]
     if dataset_dir:
@@ -83,4 +85,4 @@ def main(bundle: str = "tmca", epochs: int | None = None, dataset_dir: str | Non
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    _repo.run_cli(main)

@@ -23,6 +23,8 @@ better; epoch checkpoints left by the killed run are pruned to ``n_saved`` like 
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import glob
 import json
 import logging
@@ -37,10 +39,12 @@ from ignite.handlers.checkpoint import BaseSaveHandler
 from monai.handlers import CheckpointSaver
 
 from common.core.config import as_bool
-from common.core.describe import describe, instantiate, relocate, source_paths, typed
+from common.core.describe import (bundle_scripts, check_description, describe, described_class, instantiate, relocate,
+                                  remote_code_requested, source_paths, typed)
 from common.core.errors import CheckpointError, ConfigurationError
 
 from .network import unwrap
+from .run_lock import hold_output_folder, release_when_run_ends
 
 logger = logging.getLogger(__name__)
 
@@ -159,15 +163,22 @@ class ModelDescription:
 def _architecture(config: Any) -> Any:
     """A description without what says where pretrained weights come from (the pretrained arguments of each
     part, a Hugging Face model's stored config): two runs of one architecture compare equal."""
-    from pydoc import locate
-
     if isinstance(config, list):
         return [_architecture(c) for c in config]
     if not isinstance(config, Mapping):
         return config
-    klass = locate(str(config["_target_"])) if "_target_" in config else None
+    klass = _described_class_or_none(config.get("_target_"))
     ignore = set(getattr(klass, "_pretrained_arguments", {})) | {"model_config"}
     return {k: _architecture(v) for k, v in config.items() if k not in ignore}
+
+
+def _described_class_or_none(target: Any) -> type | None:
+    """The class a description names, or None where it names none these bundles build (nothing is imported
+    outside the bundle's and the shared code; :func:`common.core.describe.described_class`)."""
+    try:
+        return described_class(target, "") if target is not None else None
+    except ConfigurationError:
+        return None
 
 
 def summary(description: Mapping) -> str:
@@ -240,20 +251,21 @@ def read_checkpoint(path: str | None) -> dict:
         raise CheckpointError(path, f"cannot read ({type(err).__name__}: {str(err).splitlines()[0]})") from err
 
 
-@typed
-def load_model(path: str | None, bundle_root: str, device: str | None = None,
-               pretrained_sources: dict | None = None) -> LoadedModel:
-    """Build the network a checkpoint describes and load its weights.
+REMOTE_CODE_VARIABLE = "TGSEG_TRUST_REMOTE_CODE"
 
-    The checkpoint must come from the bundle at ``bundle_root``; another bundle's (or one without a
-    description) is refused in one line that says what it is. A TorchScript (``.ts``) or ONNX (``.onnx``)
-    file written by ``scripts/export.py`` is taken in place of a checkpoint: it carries the description.
-    ``pretrained_sources``: where this machine keeps pretrained parts that the checkpoint leaves out
-    (``{"sam.checkpoint": "/weights/sam_vit_h_4b8939.pth"}``; :func:`common.core.describe.relocate`).
-    """
-    if path is not None and Path(str(path)).suffix in (".ts", ".onnx"):
-        return _load_exported(path, bundle_root, device)
-    state = read_checkpoint(path)
+
+def check_checkpoint(state: Any, path: str | Path | None, bundle_root: str | Path,
+                     trust_remote_code: bool | None = None) -> dict:
+    """A checkpoint's description, read as data, and its weights, checked before anything is built from them.
+
+    The description must come from the bundle at ``bundle_root`` and hold plain values only: the network's
+    class one of this bundle's own (``scripts.*``), every nested ``_target_`` a ``@configurable`` class of the
+    bundle or the shared code, no string that MONAI's config parser would evaluate (``$``, ``@``, ``%``) and no
+    other config directive (:func:`common.core.describe.check_description`). A description that asks for a
+    pretrained model's own code (``trust_remote_code``) needs the user's consent: ``trust_remote_code`` here,
+    ``--trust_remote_code true`` on the command line, or the environment variable ``TGSEG_TRUST_REMOTE_CODE=1``
+    (MONAI Label). Every floating-point weight must be finite. Anything else raises a
+    :class:`CheckpointError` naming the checkpoint and the key."""
     description = state.get("description") if isinstance(state, Mapping) else None
     if not isinstance(description, Mapping) or "network" not in description or "model" not in state:
         raise CheckpointError(path, "holds no model description (not written by these bundles' trainer, or by a "
@@ -263,6 +275,63 @@ def load_model(path: str | None, bundle_root: str, device: str | None = None,
     if description.get("bundle") != bundle:
         raise CheckpointError(path, f"is a checkpoint of {summary(description)}; this is the {bundle} bundle "
                                     f"({Path(bundle_root).resolve()})")
+    _check_description_data(description, path, bundle_root, trust_remote_code)
+    _check_finite(state["model"], path)
+    return dict(description)
+
+
+def _check_description_data(description: Mapping, path: str | Path | None, bundle_root: str | Path,
+                            trust_remote_code: bool | None) -> None:
+    """The description part of :func:`check_checkpoint` (also for the description an export carries)."""
+    network = description.get("network")
+    try:
+        with bundle_scripts(bundle_root):
+            if not isinstance(network, Mapping):
+                raise ConfigurationError(f"network = {network!r} is not a description of a network")
+            described_class(network.get("_target_"), "network", roots=("scripts",))  # this bundle's own class
+            check_description(network, "network")
+            for key, value in description.items():
+                if key != "network":
+                    check_description(value, str(key), classes=False)
+    except ConfigurationError as err:
+        raise CheckpointError(path, f"refused, nothing was built from it: its description must be plain data naming "
+                                    f"this bundle's classes only, and {err}") from None
+    if trust_remote_code is None:
+        trust_remote_code = os.environ.get(REMOTE_CODE_VARIABLE, "").strip().lower() in ("1", "true", "yes")
+    asked = remote_code_requested(description)
+    if asked and not trust_remote_code:
+        raise CheckpointError(path, f"{', '.join(asked)} is true: the model runs code shipped with its pretrained "
+                                    "part, which a checkpoint cannot allow by itself. If you trust where the model "
+                                    "and that part come from, pass --trust_remote_code true (MONAI Label: "
+                                    f"{REMOTE_CODE_VARIABLE}=1)")
+
+
+def _check_finite(weights: Any, path: str | Path | None) -> None:
+    """Refuse NaN or infinite weights (a diverged run): the network would answer with an empty mask."""
+    if not isinstance(weights, Mapping):
+        raise CheckpointError(path, f"'model' is a {type(weights).__name__}, not a state dict of weights")
+    for key, value in weights.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(path, f"weight {key!r} holds NaN or infinite values (the training diverged?): "
+                                        "refused, it would predict nothing; use an earlier checkpoint")
+
+
+@typed
+def load_model(path: str | None, bundle_root: str, device: str | None = None,
+               pretrained_sources: dict | None = None, trust_remote_code: bool | None = None) -> LoadedModel:
+    """Build the network a checkpoint describes and load its weights.
+
+    The checkpoint must come from the bundle at ``bundle_root``; another bundle's (or one without a
+    description) is refused in one line that says what it is. A TorchScript (``.ts``) or ONNX (``.onnx``)
+    file written by ``scripts/export.py`` is taken in place of a checkpoint: it carries the description.
+    ``pretrained_sources``: where this machine keeps pretrained parts that the checkpoint leaves out
+    (``{"sam.checkpoint": "/weights/sam_vit_h_4b8939.pth"}``; :func:`common.core.describe.relocate`).
+    The checkpoint is read as data and checked before anything is built (:func:`check_checkpoint`).
+    """
+    if path is not None and Path(str(path)).suffix in (".ts", ".onnx"):
+        return _load_exported(path, bundle_root, device, trust_remote_code)
+    state = read_checkpoint(path)
+    description = check_checkpoint(state, path, bundle_root, trust_remote_code)
     network_config = relocate(description["network"], pretrained_sources or {}, bundle_root)
     try:
         network = instantiate(network_config, bundle_root)
@@ -283,7 +352,8 @@ def load_model(path: str | None, bundle_root: str, device: str | None = None,
     return LoadedModel(network, dict(description, network=network_config), str(path))
 
 
-def _load_exported(path: str, bundle_root: str, device: str | None) -> LoadedModel:
+def _load_exported(path: str, bundle_root: str, device: str | None,
+                   trust_remote_code: bool | None = None) -> LoadedModel:
     from .export import read_exported
 
     if not os.path.isfile(str(path)):
@@ -292,6 +362,7 @@ def _load_exported(path: str, bundle_root: str, device: str | None) -> LoadedMod
     bundle, _ = bundle_identity(bundle_root)
     if description.get("bundle") != bundle:
         raise CheckpointError(path, f"is an export of {summary(description)}; this is the {bundle} bundle")
+    _check_description_data(description, path, bundle_root, trust_remote_code)
     if device is not None:
         network.to(device)
     return LoadedModel(network, description, str(path))
@@ -300,22 +371,52 @@ def _load_exported(path: str, bundle_root: str, device: str | None) -> LoadedMod
 # ---------------------------------------------------------------------------------------------
 # saving and resuming
 # ---------------------------------------------------------------------------------------------
+def save_atomically(checkpoint: Mapping, path: Path) -> None:
+    """Write ``<path>.part``, flush it to the disk and rename it to ``path``: ``path`` is the previous file or
+    the complete new one, never a truncated one. A failed write (a full disk) removes the ``.part`` and says
+    why, naming the file."""
+    partial = path.with_name(path.name + ".part")
+    try:
+        with open(partial, "wb") as file:  # a file object: a failed write is an OSError saying why (torch's own
+            torch.save(checkpoint, file)   # writer, given a path, says only "unexpected pos")
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(partial, path)
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
+        if not isinstance(err, OSError):
+            raise
+        disk_full = err.errno in (errno.ENOSPC, errno.EDQUOT)
+        why, fix = ("the disk is full", "free some space") if disk_full else (err.strerror or str(err), "fix that")
+        raise CheckpointError(path, f"cannot be saved: {why}. The previous checkpoints are kept: {fix}, then "
+                                    "continue the run with --resume true") from err
+
+
 class AtomicSaver(BaseSaveHandler):
-    """Writes a checkpoint to ``<name>.part`` and renames it into place: a run killed while saving leaves the
-    previous checkpoint, never a truncated one that a resume cannot read. (MONAI's saver writes in place.)"""
+    """Writes a checkpoint atomically (:func:`save_atomically`; MONAI's saver writes in place) and removes the
+    file it supersedes only once the new one is complete.
+
+    ignite's ``Checkpoint`` calls :meth:`remove` for the superseded file *before* it saves the new one, so a
+    save that failed (a full disk) would leave no resumable checkpoint; here the removal waits for the next
+    successful save.
+    """
 
     def __init__(self, dirname: str, filename: str | None = None):
         self.dirname, self.filename = Path(dirname), filename
+        self.superseded: list[Path] = []
 
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
         path = self.dirname / (self.filename or filename)
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".part")
-        torch.save(checkpoint, partial)
-        os.replace(partial, path)
+        save_atomically(checkpoint, path)
+        for old in self.superseded:
+            if old != path:  # a fixed file name (model.pt): the new file has already replaced the old one
+                old.unlink(missing_ok=True)
+        self.superseded = []
 
     def remove(self, filename: str) -> None:
-        (self.dirname / (self.filename or filename)).unlink(missing_ok=True)
+        self.superseded.append(self.dirname / (self.filename or filename))
 
 
 class BestModelSaver(CheckpointSaver):
@@ -354,6 +455,11 @@ class EpochCheckpointSaver(CheckpointSaver):
         checkpoint = self._interval_checkpoint
         for path in sorted(glob.glob(os.path.join(self.save_dir, "checkpoint_epoch=*.pt")), key=_epoch_of):
             checkpoint._saved.append(checkpoint.Item(_epoch_of(path), os.path.basename(path)))
+        # a run killed between a save and the removal it waits for left one too many: it goes like a superseded one
+        while checkpoint.n_saved is not None and len(checkpoint._saved) > checkpoint.n_saved:
+            checkpoint.save_handler.remove(checkpoint._saved.pop(0).filename)
+        for partial in glob.glob(os.path.join(self.save_dir, "*.pt.part")):
+            Path(partial).unlink(missing_ok=True)  # a save that a killed run did not finish
 
 
 class LastModelSaver:
@@ -406,14 +512,18 @@ def resume_path(resume: bool | str | None, ckpt_dir: str) -> str | None:
 class ResumeHandler:
     """Start a run: resume it, or make sure it loses nothing.
 
+    The run first takes its output folder (:mod:`common.engine.run_lock`): a second run into it is refused
+    while this one runs, whatever it asks for, and the folder is given back when ``engine.run()`` ends.
+
     ``resume`` (:func:`resume_path`) attaches a ``CheckpointLoader`` for the training state: network weights,
     optimiser, scheduler, trainer (its epoch), the best-model saver's record and the description (which must
     match this run's network). A fresh run into a ``ckpt_dir`` that already holds checkpoints would replace
     another run's best model: it is refused, unless ``overwrite`` asks for exactly that (then the old
-    checkpoints are removed first, so none of them is mistaken for this run's).
+    checkpoints are removed first, so none of them is mistaken for this run's). ``overwrite: demo``
+    (demo.yaml) replaces only checkpoints that a demo wrote (:func:`check_demo_may_replace`).
     """
 
-    def __init__(self, resume, ckpt_dir: str, load_dict: dict, map_location=None, overwrite: bool = False):
+    def __init__(self, resume, ckpt_dir: str, load_dict: dict, map_location=None, overwrite: bool | str = False):
         self.resume = resume
         self.ckpt_dir = ckpt_dir
         self.load_dict = load_dict
@@ -421,22 +531,95 @@ class ResumeHandler:
         self.overwrite = overwrite
 
     def attach(self, engine) -> None:
+        _check_writable(self.ckpt_dir)
+        lock = hold_output_folder(self.ckpt_dir)  # None on the other DDP ranks: rank 0 holds it for the job
+        try:
+            self._start(engine, holds_folder=lock is not None)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+        release_when_run_ends(engine, lock)
+
+    def _start(self, engine, holds_folder: bool) -> None:
         from monai.handlers import CheckpointLoader
 
-        _check_writable(self.ckpt_dir)
+        overwrite = _overwrite_setting(self.overwrite)
         path = resume_path(self.resume, self.ckpt_dir)
         if path is not None:
             logger.info("resuming from %s", path)
             CheckpointLoader(load_path=path, load_dict=self.load_dict, map_location=self.map_location).attach(engine)
+        else:
+            existing = _trained_files(self.ckpt_dir)
+            if overwrite == "demo":
+                check_demo_may_replace(self.ckpt_dir)
+            elif existing and not overwrite:
+                raise CheckpointError(self.ckpt_dir, f"already holds a trained model ({_names(existing)}); "
+                                                     "continue it with --resume true, write this run elsewhere with "
+                                                     "--output_dir, or replace it with --overwrite true")
+            for old in existing:
+                Path(old).unlink(missing_ok=True)  # (other DDP ranks remove the same files)
+        if not holds_folder:
             return
-        existing = sorted(glob.glob(os.path.join(self.ckpt_dir, "checkpoint_epoch=*.pt"))
-                          + glob.glob(os.path.join(self.ckpt_dir, "model.pt")))
-        if existing and not as_bool(self.overwrite):
-            raise CheckpointError(self.ckpt_dir, f"already holds a trained model ({', '.join(map(os.path.basename, existing))}); "
-                                                 "continue it with --resume true, write this run elsewhere with "
-                                                 "--output_dir, or replace it with --overwrite true")
-        for old in existing:
-            Path(old).unlink(missing_ok=True)  # (other DDP ranks remove the same files)
+        if overwrite != "demo":
+            _forget_demo(self.ckpt_dir)  # a real run writes here now: no demo may replace it
+        elif path is None:
+            _mark_written_by_demo(self.ckpt_dir)
+
+
+def _overwrite_setting(value: bool | str) -> bool | str:
+    """The ``overwrite`` setting: true/false, or ``"demo"`` (replace only what a demo wrote)."""
+    if isinstance(value, str) and value.strip().lower() == "demo":
+        return "demo"
+    return as_bool(value)
+
+
+def _trained_files(ckpt_dir: str) -> list[str]:
+    return sorted(glob.glob(os.path.join(ckpt_dir, "checkpoint_epoch=*.pt"))
+                  + glob.glob(os.path.join(ckpt_dir, "model.pt")))
+
+
+def _names(paths: Sequence[str]) -> str:
+    return ", ".join(map(os.path.basename, paths))
+
+
+DEMO_MARKER = ".written-by-demo"
+
+
+def _demo_marker(ckpt_dir: str) -> Path:
+    """The note that a demo wrote the checkpoints of ``ckpt_dir``; it lies in the output folder (``ckpt_dir``'s
+    parent), so that the checkpoint folder holds checkpoints only."""
+    return Path(ckpt_dir).resolve().parent / DEMO_MARKER
+
+
+def written_by_demo(ckpt_dir: str) -> bool:
+    try:
+        note = json.loads(_demo_marker(ckpt_dir).read_text())
+        return note.get("checkpoints") == Path(ckpt_dir).resolve().name
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _mark_written_by_demo(ckpt_dir: str) -> None:
+    if not written_by_demo(ckpt_dir):
+        _demo_marker(ckpt_dir).write_text(json.dumps({
+            "checkpoints": Path(ckpt_dir).resolve().name,
+            "note": "a demo (demo.yaml) wrote these checkpoints: the next demo into this folder replaces them"}) + "\n")
+
+
+def _forget_demo(ckpt_dir: str) -> None:
+    if written_by_demo(ckpt_dir):
+        _demo_marker(ckpt_dir).unlink(missing_ok=True)
+
+
+def check_demo_may_replace(ckpt_dir: str) -> None:
+    """The demo replaces only what a demo wrote: checkpoints in ``ckpt_dir`` that no demo wrote (a real model,
+    or a demo's from before this note existed) are refused."""
+    existing = _trained_files(ckpt_dir)
+    if existing and not written_by_demo(ckpt_dir):
+        raise CheckpointError(ckpt_dir, f"holds a model that no demo wrote ({_names(existing)}); the demo replaces "
+                                        "only a demo's outputs: choose another --output_dir for the demo (or delete "
+                                        "the folder, if a demo of an earlier version wrote it)")
 
 
 def _check_writable(folder: str) -> None:
