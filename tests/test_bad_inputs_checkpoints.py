@@ -227,3 +227,29 @@ def test_the_bundle_commands_refuse_a_crafted_checkpoint(run_id, checkpoints, tm
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: CheckpointError: " + str(path)) and "refused, nothing was built" in last, last
     assert not marker.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# resuming with another setting (issue 22, item 11)
+# ---------------------------------------------------------------------------------------------
+def test_resuming_with_another_setting_names_it_in_one_line(tmp_path):
+    """``--resume true --image_encoder ...`` used to print hundreds of torch size mismatches."""
+    from ignite.engine import Engine
+
+    from common.engine.checkpoints import ResumeHandler
+
+    def description(encoder: str) -> ModelDescription:
+        cfg = read_bundle_config("tmca", ("train", "demo"), {"dataset_dir": str(tmp_path / "none"), "image_encoder": encoder})
+        return ModelDescription(cfg.get_parsed_content("network_def"), bundle_folder("tmca"))
+
+    trained, ckpt_dir = description("convnext_atto"), tmp_path / "models"
+    ckpt_dir.mkdir()
+    torch.save({"model": trained.weights.state_dict(), "description": trained.state_dict()},
+               ckpt_dir / "checkpoint_epoch=1.pt")
+    this_run = description("convnext_femto")
+    engine = Engine(lambda e, b: None)
+    with pytest.raises(CheckpointError, match=r"checkpoint_epoch=1.pt: cannot be resumed by this run: .*"
+                                              r"image_encoder.name is 'convnext_atto' there, 'convnext_femto' here\. "
+                                              r"--resume continues a run with the settings it was trained with"):
+        ResumeHandler(True, str(ckpt_dir), {"model": this_run.weights, "description": this_run}).attach(engine)
+        engine.run([0], max_epochs=1)

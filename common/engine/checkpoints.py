@@ -541,6 +541,20 @@ class ResumeHandler:
             raise
         release_when_run_ends(engine, lock)
 
+    def _check_same_architecture(self, path: str) -> None:
+        """Compare the descriptions before any weight is loaded: a setting that differs from the checkpoint's
+        (``--image_encoder``) is named in one line, instead of hundreds of torch size mismatches."""
+        description = self.load_dict.get("description")
+        if isinstance(description, ModelDescription):
+            theirs = read_checkpoint(path).get("description")
+            if isinstance(theirs, Mapping):
+                try:
+                    description.load_state_dict(theirs)
+                except CheckpointError as err:
+                    raise CheckpointError(path, f"cannot be resumed by this run: {err.problem}. --resume continues a "
+                                                "run with the settings it was trained with: leave out the setting "
+                                                "that differs, or start a new run with --output_dir") from None
+
     def _start(self, engine, holds_folder: bool) -> None:
         from monai.handlers import CheckpointLoader
 
@@ -548,6 +562,7 @@ class ResumeHandler:
         path = resume_path(self.resume, self.ckpt_dir)
         if path is not None:
             logger.info("resuming from %s", path)
+            self._check_same_architecture(path)
             CheckpointLoader(load_path=path, load_dict=self.load_dict, map_location=self.map_location).attach(engine)
         else:
             existing = _trained_files(self.ckpt_dir)
