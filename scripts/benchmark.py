@@ -39,7 +39,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import fire
 import torch
 
 from _repo import bundle_names, metadata, read_bundle_config
@@ -324,4 +323,4 @@ def main(
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    _repo.run_cli(main)

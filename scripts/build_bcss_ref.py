@@ -11,13 +11,14 @@ one. Output: <out_dir>/{40x,20x}/{images,masks}/*.png, <out_dir>/records.jsonl (
 image, mask, instruction, targets, answer, magnification, slide, fold) and the class table
 gtruth_codes.tsv. Folds are drawn per whole-slide image (seeded): train on 4, test on 1 (train.yaml:
 test_fold). Format: common/data/bcss/referring.py.
+
+``out_dir`` must be new or empty (``--overwrite true`` replaces what an earlier run wrote there); the records
+are written beside it and take its name only when complete, so a failed run leaves nothing behind.
 """
 
 import logging
 
 import _repo  # noqa: F401  (puts the repository root on sys.path)
-
-import fire
 
 from common.core.describe import typed
 from common.data.bcss.referring import build_referring_records
@@ -38,4 +39,4 @@ def main(bcss_dir: str, out_dir: str, patch_size: int = 512, instructions_per_pa
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    _repo.run_cli(main)

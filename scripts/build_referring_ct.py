@@ -14,26 +14,28 @@ the default) or refers to the volumes themselves (``volume``), and one record pe
 lesion whose text names its size rank, side and diameter. Cases are split into
 train/val/test by patient. Train LSMS on the result with
 ``--dataset_format refct --dataset_dir <out_dir>``.
+
+``out_dir`` must be new or empty (``--overwrite true`` replaces what an earlier run wrote there); the
+dataset is written beside it and takes its name only when complete, so a failed run leaves nothing behind.
 """
 
 import _repo  # noqa: F401  (puts the repository root on sys.path)
 
-import fire
-
 from transforms.volumes import ABDOMINAL_WINDOW
 from common.core.describe import typed
-from common.data.referring_ct.builder import build_referring_dataset, find_pairs
+from common.data.referring_ct.builder import build_referring_dataset, check_build_settings, find_pairs
 
 
 @typed  # fire hands over '--flag false' as the text 'false': read it as the annotation says
 def main(out_dir: str, ct: str | None = None, labels: str | None = None, pairs: str | None = None,
          output_format: str = "png", val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0,
          lesion_values: list[int] | str | None = None, connected_components: bool = False,
-         window_hu: tuple = ABDOMINAL_WINDOW, min_lesion_pixels: int = 4, resample_labels: bool = False) -> None:
+         window_hu: tuple = ABDOMINAL_WINDOW, min_lesion_pixels: int = 4, resample_labels: bool = False,
+         overwrite: bool = False) -> None:
     """Write ``train/val/test.jsonl`` and ``dataset.json`` under ``out_dir``; prints the record counts.
 
     Args:
-        out_dir: output folder.
+        out_dir: output folder, new or empty; it appears when the dataset is complete (written beside it first).
         ct: a CT volume, or a folder of them.
         labels: its lesion-label volume, or a folder with label volumes of the same file names.
         pairs: instead of ct/labels, a CSV with columns ``ct,label[,case]`` (paths relative to it).
@@ -46,15 +48,18 @@ def main(out_dir: str, ct: str | None = None, labels: str | None = None, pairs: 
         min_lesion_pixels: lesion cross-sections smaller than this are not referred to.
         resample_labels: resample a label volume whose grid (shape/affine) differs from the CT's onto
             the CT grid (nearest neighbour) instead of refusing it.
+        overwrite: replace an ``out_dir`` this tool wrote before (one with ``dataset.json``); a folder of
+            other files is never replaced.
     """
+    check_build_settings(output_format, val_fraction, test_fraction, window_hu, min_lesion_pixels)
     counts = build_referring_dataset(
         find_pairs(ct, labels, pairs), out_dir, output_format=output_format, val_fraction=val_fraction,
         test_fraction=test_fraction, seed=seed, lesion_values=lesion_values,
         connected_components=connected_components, window_hu=window_hu, min_lesion_pixels=min_lesion_pixels,
-        resample_labels=resample_labels,
+        resample_labels=resample_labels, overwrite=overwrite,
     )
     print(f"records: {counts}; wrote {out_dir}/{{train,val,test}}.jsonl")
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    _repo.run_cli(main)

@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 
 import _repo  # noqa: F401  (puts the repository root on sys.path)
-import fire
 
 from common.core.describe import typed
 
@@ -92,4 +91,4 @@ def main(checkpoint: str = str(ROOT / "bundles/ltse/models/model.pt"), image: st
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    _repo.run_cli(main)

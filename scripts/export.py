@@ -17,7 +17,6 @@ import _repo  # noqa: F401  (puts the repository root on sys.path)
 import json
 from pathlib import Path
 
-import fire
 import torch
 
 from _repo import bundle_folder, metadata
@@ -82,4 +81,4 @@ def main(bundle: str, checkpoint: str, out_dir: str | None = None, formats=("tor
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    _repo.run_cli(main)

@@ -7,9 +7,11 @@
 
 Input: ``--data_dir`` holding ``images/`` and ``masks/`` with matching file stems (``img_001.jpg`` and
 ``img_001.png``), or ``--datalist``, a JSON list of ``{"image": path, "label": path}``. Masks are binary
-(any non-zero value, or above 127 for 8-bit masks saved as JPEG) unless ``--classes`` maps label values to
-class names; then each class present in an image gives a record with a mask of its own (written to
-``<out_dir>/class_masks/``), and with ``--negatives true`` each absent class a "no <class>" record.
+(any non-zero value, or above 127 for masks saved as JPEG, as the dataset readers take them) unless
+``--classes`` maps label values to class names; then each class present in an image gives a record with a
+mask of its own (written to ``<out_dir>/class_masks/``), and with ``--negatives true`` each absent class a
+"no <class>" record. A binary mask whose target the kvasir reader would not see (it takes values above 127:
+a 0/1 or 0/2 PNG) gets a 0/255 copy in ``<out_dir>/binary_masks/`` that its record names.
 
 Output, in ``--out_dir`` (default: ``--data_dir``; elsewhere, records name the images and masks by their
 absolute paths): ``anns/train.json``, ``anns/val.json``,
@@ -23,7 +25,7 @@ as Poudel et al.'s files have; without them p7-p9 are seeded rephrasings of p6's
 Splits: ``--split`` fractions (train, val, test; seeded by ``--seed``), or ``--split_file``, a JSON
 ``{"train": [stems], "val": [...], "test": [...]}``. Existing prompt files are not replaced unless
 ``--overwrite true``. Empty masks are counted and named in the report and dropped (``--empty drop``) or
-kept as "no <class>" records (``--empty keep``).
+kept as "no <class>" records (``--empty keep``); a run that would write no record at all fails and writes nothing.
 """
 
 import _repo  # noqa: F401  (puts the repository root on sys.path)
@@ -31,15 +33,18 @@ import _repo  # noqa: F401  (puts the repository root on sys.path)
 import json
 from pathlib import Path
 
-import fire
 import numpy as np
 
 from common.core.describe import typed
 from common.core.errors import DatasetError
-from common.data.mask_prompts import PromptSettings, attributes, prompts, record_rng
+from common.core.flags import check_choice
+from common.data.datalist import mask_threshold
+from common.data.file_reading import read_image, read_json
+from common.data.mask_prompts import PromptSettings, attributes, foreground, prompts, record_rng
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 SPLITS = ("train", "val", "test")
+READER_THRESHOLD = mask_threshold("kvasir")  # the outputs are read as --dataset_format kvasir
 
 
 def find_pairs(data_dir: Path, images: str = "images", masks: str = "masks") -> list[tuple[str, Path, Path]]:
@@ -67,10 +72,7 @@ def find_pairs(data_dir: Path, images: str = "images", masks: str = "masks") -> 
 
 
 def read_datalist(path: Path) -> list[tuple[str, Path, Path]]:
-    try:
-        entries = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise DatasetError(path, f"cannot read the datalist ({type(err).__name__}: {err})") from err
+    entries = read_json(path)
     pairs = []
     for n, entry in enumerate(entries if isinstance(entries, list) else []):
         if not isinstance(entry, dict) or not entry.get("image") or not entry.get("label"):
@@ -86,17 +88,26 @@ def read_datalist(path: Path) -> list[tuple[str, Path, Path]]:
 
 
 def read_mask(path: Path) -> np.ndarray:
+    img = read_image(path)
+    array = np.asarray(img.convert("L") if img.mode in ("RGB", "RGBA") else img)
+    return array[..., 0] if array.ndim == 3 else array
+
+
+def write_binary_mask(path: Path, target: np.ndarray) -> Path:
+    """``target`` as a 0/255 PNG: what the kvasir reader, which takes values above 127, reads back."""
     from PIL import Image
 
-    with Image.open(path) as img:
-        array = np.asarray(img.convert("L") if img.mode in ("RGB", "RGBA") else img)
-    return array[..., 0] if array.ndim == 3 else array
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(target.astype(np.uint8) * 255).save(path)
+    return path
 
 
 def split_of(stems: list[str], fractions, seed: int, split_file: str | None) -> dict[str, str]:
     """stem -> split: from ``split_file``, or drawn by ``fractions`` (seeded)."""
     if split_file:
-        given = json.loads(Path(split_file).read_text())
+        given = read_json(split_file)
+        if not isinstance(given, dict) or not all(isinstance(given.get(s, []), list) for s in SPLITS):
+            raise DatasetError(split_file, 'a split file is {"train": [stems], "val": [...], "test": [...]}')
         out = {s: split for split in SPLITS for s in given.get(split, [])}
         missing = [s for s in stems if s not in out]
         if missing:
@@ -125,13 +136,15 @@ def main(data_dir: str | None = None, datalist: str | None = None, out_dir: str 
          lightness_weight: float = 0.5, palette: dict | None = None, plurals: dict | None = None,
          definitions: dict | None = None, progress_bar: bool = True) -> str:
     """Write ``anns/{train,val,test}.json`` (Poudel format) and ``anns/prompts_report.json``; returns the folder."""
-    from PIL import Image
     from tqdm import tqdm
 
     if (data_dir is None) == (datalist is None):
         raise ValueError("give --data_dir (images/ + masks/) or --datalist (a JSON list of {image, label}), not both")
-    if empty not in ("drop", "keep"):
-        raise ValueError(f"--empty must be drop or keep, got {empty!r}")
+    check_choice("empty", empty, ("drop", "keep"), "a way to treat empty masks")
+    settings = PromptSettings(size_thresholds=tuple(size_thresholds), round_ratio=round_ratio,
+                              solidity_threshold=solidity_threshold, lightness_weight=lightness_weight,
+                              palette=dict(palette or PromptSettings().palette), plurals=dict(plurals or {}),
+                              definitions={k: [v] if isinstance(v, str) else list(v) for k, v in (definitions or {}).items()})
     pairs = find_pairs(Path(data_dir)) if data_dir else read_datalist(Path(datalist))
     out = Path(out_dir or data_dir or Path(datalist).parent)
     anns = out / "anns"
@@ -140,16 +153,12 @@ def main(data_dir: str | None = None, datalist: str | None = None, out_dir: str 
         raise FileExistsError(f"{existing[0]} exists: prompts were written here before; pass --overwrite true "
                               "to replace them, or --out_dir elsewhere")
     table = {int(k): str(v) for k, v in (classes or {}).items()}
-    settings = PromptSettings(size_thresholds=tuple(size_thresholds), round_ratio=round_ratio,
-                              solidity_threshold=solidity_threshold, lightness_weight=lightness_weight,
-                              palette=dict(palette or PromptSettings().palette), plurals=dict(plurals or {}),
-                              definitions={k: [v] if isinstance(v, str) else list(v) for k, v in (definitions or {}).items()})
     splits = split_of([p[0] for p in pairs], split, seed, split_file)
     written = {s: [] for s in SPLITS}
     report = {"images": len(pairs), "empty_masks": [], "dropped": 0, "records": {}, "attributes": {}}
     image_folder, mask_folder = out / "images", out / "masks"
     for stem, image_path, mask_path in tqdm(pairs, desc="prompts", disable=not progress_bar):
-        image = np.asarray(Image.open(image_path).convert("RGB"))
+        image = np.asarray(read_image(image_path, "RGB"))
         mask = read_mask(mask_path)
         if mask.shape != image.shape[:2]:
             raise DatasetError(mask_path, f"mask is {mask.shape[1]}x{mask.shape[0]} but its image {image_path.name} "
@@ -160,8 +169,7 @@ def main(data_dir: str | None = None, datalist: str | None = None, out_dir: str 
                 raise DatasetError(mask_path, f"label values {unknown} are not in --classes {table}")
             targets = [(name, mask == value, value) for value, name in table.items()]
         else:
-            binary = mask > (127 if mask.dtype == np.uint8 and mask.max() > 1 else 0)
-            targets = [(class_name, binary, None)]
+            targets = [(class_name, foreground(mask, mask_path), None)]
         if not any(m.any() for _, m, _ in targets):
             report["empty_masks"].append(stem)
             if empty == "drop":
@@ -171,13 +179,12 @@ def main(data_dir: str | None = None, datalist: str | None = None, out_dir: str 
             if not target.any() and not (negatives or (empty == "keep" and not any(m.any() for _, m, _ in targets))):
                 continue
             attrs = attributes(image, target, settings)
-            if value is None:
+            if value is None and np.array_equal(mask > READER_THRESHOLD, target):
                 mask_name = _relative(mask_path, mask_folder)
+            elif value is None:  # a 0/1 or 0/2 mask: the reader would see nothing above its threshold
+                mask_name = _relative(write_binary_mask(out / "binary_masks" / f"{stem}.png", target), mask_folder)
             else:  # one binary mask per class, ours
-                class_file = out / "class_masks" / f"{stem}_{name}.png"
-                class_file.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(target.astype(np.uint8) * 255).save(class_file)
-                mask_name = _relative(class_file, mask_folder)
+                mask_name = _relative(write_binary_mask(out / "class_masks" / f"{stem}_{name}.png", target), mask_folder)
             record = {"img_name": _relative(image_path, image_folder), "mask_name": mask_name, "bbox": attrs.pop("bbox"),
                       "prompts": prompts(name, attrs, settings, record_rng(seed, f"{stem}/{name}")),
                       "attributes": dict(attrs, **({"class": name} if table else {}))}
@@ -186,6 +193,12 @@ def main(data_dir: str | None = None, datalist: str | None = None, out_dir: str 
                 if key in attrs:
                     counts = report["attributes"].setdefault(key, {})
                     counts[attrs[key]] = counts.get(attrs[key], 0) + 1
+    if not any(written.values()):
+        raise DatasetError(data_dir or datalist, f"none of its {len(pairs)} masks holds a target (empty, e.g. "
+                                                 f"{', '.join(report['empty_masks'][:3])}), so there is no record to "
+                                                 "write; nothing was written. A mask's target is every non-zero pixel "
+                                                 "(above 127 in a JPEG mask); --empty keep writes empty masks as "
+                                                 "'no <class>' records")
     anns.mkdir(parents=True, exist_ok=True)
     for split_name, records in written.items():
         (anns / f"{split_name}.json").write_text(json.dumps(records, indent=1))
@@ -203,4 +216,4 @@ def main(data_dir: str | None = None, datalist: str | None = None, out_dir: str 
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    _repo.run_cli(main)

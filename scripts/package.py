@@ -35,7 +35,6 @@ import zipfile
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
-import fire
 import yaml
 
 from _repo import ROOT, bundle_folder
@@ -331,4 +330,4 @@ def main(bundle: str, model: str | None = None, out_dir: str = "dist", max_zip_m
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    _repo.run_cli(main)

@@ -18,7 +18,9 @@ a 0/255 PNG so JPEG artefacts do not blur the binary mask; the records' ``mask_n
 to carry to another machine. Nothing of the data belongs in this repository.
 
 Every record's image and mask must exist (the error names the split file, the record and the missing file);
-images no split uses are counted. ``out_dir`` must be new or empty.
+images no split uses are counted. ``out_dir`` must be new or empty (``--overwrite true`` replaces what an
+earlier run wrote there); the copy is written beside it and takes its name only when complete, so a failed
+run leaves nothing behind.
 """
 
 import _repo  # noqa: F401  (puts the repository root on sys.path)
@@ -28,12 +30,15 @@ import os
 import shutil
 from pathlib import Path
 
-import fire
 
 from common.core.describe import typed
 from common.core.errors import DatasetError
+from common.core.flags import check_range
+from common.data.file_reading import read_image, read_json
+from common.data.output_folder import staged_folder
 
 SPLITS = ("train", "val", "test")
+LAST_WRITTEN = "anns/test.json"  # a folder holding it is an earlier run's (runs appear only when complete)
 
 
 def _find(root: Path, candidates: list[Path], what: str) -> Path:
@@ -63,10 +68,7 @@ def prompt_folder(root: str | Path) -> Path:
 
 
 def read_split(path: Path, images: Path, masks: Path) -> list[dict]:
-    try:
-        records = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise DatasetError(path, f"cannot read the prompt file ({type(err).__name__}: {err})") from err
+    records = read_json(path)
     if not isinstance(records, list) or not records:
         raise DatasetError(path, "expected a non-empty JSON list of records")
     for n, record in enumerate(records):
@@ -89,28 +91,43 @@ def _place(source: Path, target: Path) -> None:
 def _resized(source: Path, target: Path, size: int, mask: bool) -> None:
     from PIL import Image
 
-    with Image.open(source) as img:
-        scale = size / max(img.size)
-        shape = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
-        if mask:
-            binary = img.convert("L").point(lambda v: 255 if v > 127 else 0)
-            binary.resize(shape, Image.NEAREST).save(target)
-        else:
-            img.convert("RGB").resize(shape, Image.BICUBIC).save(target, quality=95)
+    img = read_image(source, "L" if mask else "RGB")
+    scale = size / max(img.size)
+    shape = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+    if mask:
+        binary = img.point(lambda v: 255 if v > 127 else 0)
+        binary.resize(shape, Image.NEAREST).save(target)
+    else:
+        img.resize(shape, Image.BICUBIC).save(target, quality=95)
 
 
 @typed  # fire hands over '--flag false' as the text 'false': read it as the annotation says
-def main(kvasir: str, prompts: str, out_dir: str, size: int | None = None, progress_bar: bool = True) -> str:
+def main(kvasir: str, prompts: str, out_dir: str, size: int | None = None, overwrite: bool = False,
+         progress_bar: bool = True) -> str:
     """Write the reader's layout (see the module doc); returns ``out_dir``."""
-    from tqdm import tqdm
-
+    if size is not None:
+        check_range("size", size, 1)
     source = kvasir_folder(kvasir)
     images, masks = source / "images", source / "masks"
     anns = prompt_folder(prompts)
     splits = {s: read_split(anns / f"{s}.json", images, masks) for s in SPLITS}
     out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise DatasetError(out, "exists and is not an empty folder: choose a new --out_dir (nothing was written)")
+    with staged_folder(out, overwrite, written_by=LAST_WRITTEN) as folder:
+        write_copy(splits, images, masks, folder, size, progress_bar)
+    used = {r["img_name"] for records in splits.values() for r in records}
+    unused = sorted(p.name for p in images.iterdir() if p.is_file() and p.name not in used)
+    counts = {s: len(r) for s, r in splits.items()}
+    print(f"Kvasir-SEG: {counts} records written to {out}" + (f" (images resized to a longer side of {size})" if size else "")
+          + (f"; {len(unused)} image(s) of {images} are in no split" if unused else ""))
+    print(f"train on it: --dataset_format kvasir --dataset_dir {out} --prompt_level p6")
+    return str(out) if __name__ != "__main__" else None
+
+
+def write_copy(splits: dict[str, list[dict]], images: Path, masks: Path, out: Path, size: int | None,
+               progress_bar: bool = True) -> None:
+    """The images, masks and ``anns/{split}.json`` of ``splits`` in ``out`` (linked, copied, or resized to ``size``)."""
+    from tqdm import tqdm
+
     for sub in ("images", "masks", "anns"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     for split, records in splits.items():
@@ -127,14 +144,7 @@ def main(kvasir: str, prompts: str, out_dir: str, size: int | None = None, progr
                 _place(masks / record["mask_name"], out / "masks" / record["mask_name"])
             written.append(record)
         (out / "anns" / f"{split}.json").write_text(json.dumps(written))
-    used = {r["img_name"] for records in splits.values() for r in records}
-    unused = sorted(p.name for p in images.iterdir() if p.is_file() and p.name not in used)
-    counts = {s: len(r) for s, r in splits.items()}
-    print(f"Kvasir-SEG: {counts} records written to {out}" + (f" (images resized to a longer side of {size})" if size else "")
-          + (f"; {len(unused)} image(s) of {images} are in no split" if unused else ""))
-    print(f"train on it: --dataset_format kvasir --dataset_dir {out} --prompt_level p6")
-    return str(out) if __name__ != "__main__" else None
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    _repo.run_cli(main)

@@ -24,6 +24,7 @@ from typing import Sequence
 from common.core.describe import typed
 from common.core.errors import DatasetError
 
+from .file_reading import read_json_lines
 from .files import IMAGE_SUFFIXES, find_file, read_csv_rows
 from .lvit import lvit_datalist
 from .prompt_json import prompt_json_datalist
@@ -51,7 +52,7 @@ def file_datalist(path: str | Path, required: Sequence[str] = ("image", "text"))
         raise DatasetError(path, "datalist file does not exist")
     try:
         if path.suffix == ".jsonl":
-            entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            entries = [entry for _, entry in read_json_lines(path)]
         elif path.suffix == ".json":
             entries = json.loads(path.read_text())
         else:

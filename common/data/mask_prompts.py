@@ -43,10 +43,15 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
+from common.core.errors import ConfigurationError, DatasetError
+from common.core.flags import NOTHING_RUN, check_range
+
+LOSSY_MASK_SUFFIXES = (".jpg", ".jpeg")
 NUMBERS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 GRID = (("top left", "top", "top right"), ("left", "center", "right"), ("bottom left", "bottom", "bottom right"))
 # named colours (sRGB 0-255); the nearest in CIELAB names a mask's mean colour
@@ -75,6 +80,31 @@ class PromptSettings:
     palette: Mapping[str, Sequence[int]] = field(default_factory=lambda: dict(PALETTE))
     plurals: Mapping[str, str] = field(default_factory=dict)  # class name -> plural (default: + "s")
     definitions: Mapping[str, Sequence[str]] = field(default_factory=dict)  # class name -> definitions (p7-p9)
+
+    def __post_init__(self):  # refuse values the attributes cannot use, before any mask is read
+        thresholds = tuple(self.size_thresholds)
+        if len(thresholds) != 2 or not 0 < thresholds[0] < thresholds[1] < 1:
+            raise ConfigurationError(f"--size_thresholds must be two fractions of the image, small < large, both "
+                                     f"between 0 and 1, got {self.size_thresholds!r}. {NOTHING_RUN}")
+        check_range("round_ratio", self.round_ratio, 0, 1)
+        check_range("solidity_threshold", self.solidity_threshold, 0, 1)
+        check_range("min_component", self.min_component, 0, 1, below_high=True)
+        check_range("lightness_weight", self.lightness_weight, 0)
+
+
+def foreground(mask: np.ndarray, path: str | Path) -> np.ndarray:
+    """The target of a binary mask file, by the dataset readers' rule (:func:`common.data.datalist.mask_threshold`):
+    above 127 in a JPEG mask, whose lossy edges hold stray values; any non-zero value (1, 2, 255 ...) in a
+    lossless one. A JPEG mask with values but none above 127 would give an empty target: that raises."""
+    from common.data.datalist import mask_threshold
+
+    lossy = Path(path).suffix.lower() in LOSSY_MASK_SUFFIXES
+    threshold = mask_threshold("kvasir" if lossy else "datalist")
+    target = mask > threshold
+    if lossy and not target.any() and mask.max() > 0:
+        raise DatasetError(path, f"JPEG mask has values up to {mask.max()} but none above {threshold}, the threshold "
+                                 "of lossy masks, so its target would be empty; save the mask as PNG")
+    return target
 
 
 def components(mask: np.ndarray, settings: PromptSettings) -> tuple[np.ndarray, list[int]]:

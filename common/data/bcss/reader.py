@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from common.core.errors import DatasetError
+from common.data.file_reading import read_image
 
 IMAGE_FOLDERS = ("rgbs_colorNormalized", "images")
 MASK_FOLDER = "masks"
@@ -103,12 +104,8 @@ def bcss_rois(root: str | Path) -> list[Roi]:
 
 def read_roi(roi: Roi, table: dict[int, str]) -> tuple[np.ndarray, np.ndarray]:
     """(H, W, 3) uint8 image and (H, W) int mask; sizes must agree and every code must be in the table."""
-    from PIL import Image
-
-    with Image.open(roi.image) as im:
-        image = np.asarray(im.convert("RGB"))
-    with Image.open(roi.mask) as im:
-        mask = np.asarray(im).astype(np.int64)
+    image = np.asarray(read_image(roi.image, "RGB"))
+    mask = np.asarray(read_image(roi.mask)).astype(np.int64)
     if mask.ndim != 2:
         raise DatasetError(roi.mask, f"a BCSS mask is one channel of class codes, got shape {mask.shape}")
     if mask.shape != image.shape[:2]:

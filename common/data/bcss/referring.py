@@ -28,8 +28,10 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from common.core.errors import DatasetError
-
+from common.core.errors import ConfigurationError, DatasetError
+from common.core.flags import NOTHING_RUN, check_range
+from common.data.file_reading import read_json_lines
+from common.data.output_folder import staged_folder
 from common.data.seg_answers import build_answer
 
 from .reader import NOT_TISSUE, bcss_rois, find_code_table, phrase, read_code_table, read_roi
@@ -39,6 +41,7 @@ logger = logging.getLogger(__name__)
 MAGNIFICATIONS = {"40x": 0.25, "20x": 0.5}   # name -> microns per pixel
 RECORD_FIELDS = ("image", "mask", "instruction", "targets", "answer")
 TABLE_NAME = "gtruth_codes.tsv"
+RECORDS_NAME = "records.jsonl"  # a folder holding it is an earlier build's (builds appear only when complete)
 _TEMPLATES = ("Please segment the {targets}.", "Can you segment the {targets} in this image?",
               "Where is the {targets}? Please output the segmentation mask.", "Show me the {targets}.",
               "Segment the {targets} in this pathology image.")
@@ -126,13 +129,30 @@ def instructions_for_patch(mask: np.ndarray, tissue: Mapping[int, str], rng: np.
     return out
 
 
+def check_record_settings(patch_size: int = 512, instructions_per_patch: int = 2, max_targets: int = 3,
+                          absent_prob: float = 0.3, describe_prob: float = 0.5, min_area: float = 0.01,
+                          max_outside: float = 0.5, num_folds: int = 5, max_patches_per_roi: int | None = None) -> None:
+    """Refuse settings :func:`build_referring_records` cannot use, before it reads a ROI (build_bcss_ref.py's flags)."""
+    check_range("patch_size", patch_size, 1)
+    check_range("instructions_per_patch", instructions_per_patch, 1)
+    if not 1 <= max_targets <= 10:
+        raise ConfigurationError(f"--max_targets must be from 1 to 10 (LTSE answers hold at most M = 10 [SEG]), got "
+                                 f"{max_targets}. {NOTHING_RUN}")
+    for flag, value in (("absent_prob", absent_prob), ("describe_prob", describe_prob), ("min_area", min_area),
+                        ("max_outside", max_outside)):
+        check_range(flag, value, 0, 1)
+    check_range("num_folds", num_folds, 2)  # one fold tests, the others train
+    if max_patches_per_roi is not None:
+        check_range("max_patches_per_roi", max_patches_per_roi, 1)
+
+
 def build_referring_records(bcss_dir: str | Path, out_dir: str | Path, patch_size: int = 512,
                             magnifications: Mapping[str, float] | None = None, instructions_per_patch: int = 2,
                             max_targets: int = 3, absent_prob: float = 0.3, describe_prob: float = 0.5,
                             min_area: float = 0.01, max_outside: float = 0.5, num_folds: int = 5, seed: int = 0,
                             max_patches_per_roi: int | None = None, overwrite: bool = False,
                             progress: bool = True) -> Path:
-    """Write patches, masks and ``records.jsonl`` (module doc) under ``out_dir``; returns the records file.
+    """Write patches, masks and ``records.jsonl`` (module doc) in a new ``out_dir``; returns the records file.
 
     Args:
         bcss_dir: BCSS as published (:mod:`.reader`).
@@ -143,29 +163,39 @@ def build_referring_records(bcss_dir: str | Path, out_dir: str | Path, patch_siz
         max_outside: skip patches with more than this fraction outside the annotated ROI (code 0).
         num_folds, seed: the WSI-level split (:func:`folds_by_slide`).
         max_patches_per_roi: keep at most this many patches per ROI and magnification (None: all).
-        overwrite: replace an existing ``records.jsonl`` (otherwise refuse).
+        overwrite: replace an ``out_dir`` an earlier build wrote (one with ``records.jsonl``); otherwise an
+            ``out_dir`` that holds files is refused. The records are written beside ``out_dir`` and renamed to
+            it when complete (:mod:`common.data.output_folder`), so a failed build leaves nothing behind.
     """
+    check_record_settings(patch_size, instructions_per_patch, max_targets, absent_prob, describe_prob, min_area,
+                          max_outside, num_folds, max_patches_per_roi)
+    table_file = find_code_table(bcss_dir)
+    table = read_code_table(table_file)
+    rois = bcss_rois(bcss_dir)
+    with staged_folder(out_dir, overwrite, written_by=RECORDS_NAME) as folder:
+        count = _write_records(folder, rois, table, table_file, patch_size, dict(magnifications or MAGNIFICATIONS),
+                               instructions_per_patch, max_targets, absent_prob, describe_prob, min_area, max_outside,
+                               num_folds, seed, max_patches_per_roi, progress)
+        if count == 0:
+            raise DatasetError(bcss_dir, f"no patch of {patch_size} px held enough annotated tissue; lower patch_size")
+    records_file = Path(out_dir) / RECORDS_NAME
+    logger.info("%d referring records from %d ROIs in %s", count, len(rois), records_file)
+    return records_file
+
+
+def _write_records(out: Path, rois, table, table_file, patch_size, magnifications, instructions_per_patch,
+                   max_targets, absent_prob, describe_prob, min_area, max_outside, num_folds, seed,
+                   max_patches_per_roi, progress) -> int:
+    """Write the patches, masks, class table and records of :func:`build_referring_records` into ``out``."""
     from PIL import Image
     from tqdm import tqdm
 
-    out = Path(out_dir)
-    records_file = out / "records.jsonl"
-    if records_file.exists() and not overwrite:
-        raise DatasetError(records_file, "exists; pass --overwrite true to build the records again")
-    if not 1 <= max_targets <= 10:
-        raise ValueError(f"max_targets must be 1-10 (LTSE answers hold at most M = 10 [SEG]), got {max_targets}")
-    table_file = find_code_table(bcss_dir)
-    table = read_code_table(table_file)
     tissue = {c: n for c, n in table.items() if n not in NOT_TISSUE}
-    rois = bcss_rois(bcss_dir)
     folds = folds_by_slide([r.slide for r in rois], num_folds, seed)
-    magnifications = dict(magnifications or MAGNIFICATIONS)
     rng = np.random.default_rng(seed)
-    out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(table_file, out / TABLE_NAME)
-    tmp = records_file.with_suffix(".jsonl.partial")
     count = 0
-    with tmp.open("w") as f:
+    with (out / RECORDS_NAME).open("w") as f:
         for roi in tqdm(rois, desc="BCSS ROIs", disable=not progress):
             image, mask = read_roi(roi, table)
             for mag, mpp in magnifications.items():
@@ -193,12 +223,7 @@ def build_referring_records(bcss_dir: str | Path, out_dir: str | Path, patch_siz
                     kept += 1
                     if max_patches_per_roi and kept >= max_patches_per_roi:
                         break
-    if count == 0:
-        tmp.unlink()
-        raise DatasetError(bcss_dir, f"no patch of {patch_size} px held enough annotated tissue; lower patch_size")
-    tmp.replace(records_file)
-    logger.info("%d referring records from %d ROIs in %s", count, len(rois), records_file)
-    return records_file
+    return count
 
 
 def _line_error(path: Path, number: int, problem: str) -> DatasetError:
@@ -231,13 +256,9 @@ def read_referring_records(records_file: str | Path, max_targets: int = 10) -> l
         return sizes[file]
 
     records = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise _line_error(path, number, f"not valid JSON ({err.msg})") from None
+    for number, record in read_json_lines(path):
+        if not isinstance(record, dict):
+            raise _line_error(path, number, f"is not a record of named fields: {record!r}")
         missing = [k for k in RECORD_FIELDS if k not in record]
         if missing:
             raise _line_error(path, number, f"lacks {missing}; a record holds {list(RECORD_FIELDS)}")

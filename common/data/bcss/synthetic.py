@@ -3,11 +3,12 @@ distinct textures, integer-coded masks, and BCSS's class table. For demos and te
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 
-from common.data.synthetic.ownership import claim_folder, is_sample_folder
+from common.data.synthetic.ownership import claim_folder, is_sample_folder, mark_folder
 
 from .reader import MASK_FOLDER
 
@@ -96,8 +97,11 @@ def ensure_sample_bcss_ref(out_dir: str | Path = "sample_data", n: int = 20, siz
 
     records = Path(out_dir) / "BCSS-Ref" / "records.jsonl"
     if not records.is_file():
+        if records.parent.exists():
+            claim_folder(records.parent)  # refuses a folder of files the sample writers did not make
+            shutil.rmtree(records.parent)  # ours, without records: the builder writes a new one
         bcss = ensure_sample_bcss(out_dir, n=n, size=size, seed=seed)
-        claim_folder(records.parent)
         print(f"building referring records from {bcss} in {records.parent}")
         build_referring_records(bcss, records.parent, patch_size=patch_size, seed=seed, progress=False)
+        mark_folder(records.parent)
     return str(records)

@@ -18,7 +18,9 @@ from typing import Sequence
 import numpy as np
 
 from common.core.describe import typed
-from common.core.errors import DatasetError
+from common.core.errors import ConfigurationError, DatasetError
+from common.core.flags import NOTHING_RUN, check_choice, check_range
+from common.data.output_folder import staged_folder
 from transforms.volumes import ABDOMINAL_WINDOW, load_volume, to_display, window
 
 from .expressions import referring_expression
@@ -27,6 +29,8 @@ from .geometry import slice_lesions
 logger = logging.getLogger(__name__)
 
 AFFINE_TOLERANCE_MM = 1e-3
+OUTPUT_FORMATS = ("png", "volume")
+DATASET_FILE = "dataset.json"  # written last: a folder holding it is a complete earlier output
 
 
 def match_label_grid(ct, labels, ct_path: Path, label_path: Path, resample: bool = False):
@@ -115,16 +119,15 @@ def build_case(ct_path: str | Path, label_path: str | Path, out_dir: str | Path,
     values = lesion_value_list(lesion_values, raw_labels, label_path)
     instances = _instance_labels(raw_labels.astype(np.int64), values, connected_components)
 
-    mask_ref = str(label_path)
+    mask_ref = str(label_path.resolve())
     if output_format == "volume":
         # the ids exist only in our instance map when it is not the stored label volume itself
         if connected_components or not isinstance(lesion_values, str) or labels is not stored_labels:
-            inst_path = out_dir / "labels" / f"{case}_lesions.nii.gz"
-            inst_path.parent.mkdir(parents=True, exist_ok=True)
-            nib.save(nib.Nifti1Image(instances.astype(np.int16), np.asarray(ct.affine)), str(inst_path))
-            mask_ref = str(inst_path)
-    elif output_format != "png":
-        raise ValueError(f"output_format must be 'png' or 'volume', got {output_format!r}")
+            mask_ref = f"labels/{case}_lesions.nii.gz"  # relative to the records, which may yet move with out_dir
+            (out_dir / mask_ref).parent.mkdir(parents=True, exist_ok=True)
+            nib.save(nib.Nifti1Image(instances.astype(np.int16), np.asarray(ct.affine)), str(out_dir / mask_ref))
+    else:
+        check_choice("output_format", output_format, OUTPUT_FORMATS, "an output format")
 
     records, skipped = [], 0
     for z in range(instances.shape[2]):
@@ -144,7 +147,7 @@ def build_case(ct_path: str | Path, label_path: str | Path, out_dir: str | Path,
             _save_png(out_dir / mask_rel, ids, np.uint8 if ids.max() < 256 else np.uint16)
             image_ref, slice_ref, mask_path = str(image_rel), z, str(mask_rel)
         else:
-            image_ref, slice_ref, mask_path = str(ct_path.resolve()), z, str(Path(mask_ref).resolve())
+            image_ref, slice_ref, mask_path = str(ct_path.resolve()), z, mask_ref
         for lesion in lesions:
             records.append({
                 "image": image_ref, "slice": slice_ref, "mask": mask_path, "lesion_id": lesion["lesion_id"],
@@ -171,15 +174,47 @@ def split_cases(cases: Sequence[str], val_fraction: float, test_fraction: float,
     return split
 
 
+def check_build_settings(output_format: str = "png", val_fraction: float = 0.1, test_fraction: float = 0.2,
+                         window_hu: Sequence[float] = ABDOMINAL_WINDOW, min_lesion_pixels: int = 4) -> None:
+    """Refuse settings the builder cannot use, before it reads a volume (the flags of build_referring_ct.py)."""
+    check_choice("output_format", output_format, OUTPUT_FORMATS, "an output format")
+    check_range("val_fraction", val_fraction, 0, 1, below_high=True)
+    check_range("test_fraction", test_fraction, 0, 1, below_high=True)
+    if val_fraction + test_fraction >= 1:
+        raise ConfigurationError(f"--val_fraction {val_fraction} and --test_fraction {test_fraction} leave no case to "
+                                 f"train on: together they must be below 1. {NOTHING_RUN}")
+    if len(window_hu) != 2 or not window_hu[0] < window_hu[1]:
+        raise ConfigurationError(f"--window_hu must be (low, high) with low < high, got {tuple(window_hu)}. {NOTHING_RUN}")
+    check_range("min_lesion_pixels", min_lesion_pixels, 1)
+
+
 @typed
 def build_referring_dataset(pairs: Sequence[tuple[str, str, str]], out_dir: str | Path, output_format: str = "png",
                             val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0,
                             lesion_values: Sequence[int] | str | None = None, connected_components: bool = False,
                             window_hu: Sequence[float] = ABDOMINAL_WINDOW, min_lesion_pixels: int = 4,
+                            resample_labels: bool = False, overwrite: bool = False,
+                            progress: bool = True) -> dict[str, int]:
+    """Write a new ``out_dir`` with ``train/val/test.jsonl`` (and slice PNGs) from ``(case, ct, label)`` triples
+    (case names must be unique: they name the slice files and decide the split).
+
+    The dataset is written beside ``out_dir`` and renamed to it when complete (:mod:`common.data.output_folder`):
+    a failure leaves nothing, and an existing ``out_dir`` that holds files is refused unless ``overwrite`` (and
+    then only an earlier output: one with ``dataset.json``).
+    """
+    with staged_folder(out_dir, overwrite, written_by=DATASET_FILE) as folder:
+        return write_referring_dataset(pairs, folder, output_format, val_fraction, test_fraction, seed, lesion_values,
+                                       connected_components, window_hu, min_lesion_pixels, resample_labels, progress)
+
+
+def write_referring_dataset(pairs: Sequence[tuple[str, str, str]], out_dir: str | Path, output_format: str = "png",
+                            val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0,
+                            lesion_values: Sequence[int] | str | None = None, connected_components: bool = False,
+                            window_hu: Sequence[float] = ABDOMINAL_WINDOW, min_lesion_pixels: int = 4,
                             resample_labels: bool = False, progress: bool = True) -> dict[str, int]:
-    """Write ``train/val/test.jsonl`` (and slice PNGs) under ``out_dir`` from ``(case, ct, label)`` triples
-    (case names must be unique: they name the slice files and decide the split)."""
+    """:func:`build_referring_dataset`'s writing, straight into ``out_dir`` (the sample writer's own folder)."""
     out_dir = Path(out_dir)
+    check_build_settings(output_format, val_fraction, test_fraction, window_hu, min_lesion_pixels)
     if not pairs:
         raise ValueError("no CT/label pairs to build from")
     check_unique_cases(pairs)
@@ -199,7 +234,7 @@ def build_referring_dataset(pairs: Sequence[tuple[str, str, str]], out_dir: str 
             for rec in records:
                 f.write(json.dumps(rec) + "\n")
     counts = {split: len(records) for split, records in by_split.items()}
-    (out_dir / "dataset.json").write_text(json.dumps({
+    (out_dir / DATASET_FILE).write_text(json.dumps({
         "description": "referring lesion segmentation records built by scripts/build_referring_ct.py",
         "output_format": output_format, "window_hu": list(window_hu), "counts": counts,
         "cases": {case: splits[case] for case, _, _ in pairs},

@@ -21,10 +21,10 @@ Either way the mask is the lesion-id map of that slice and the target is ``mask 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from common.core.errors import DatasetError
+from common.data.file_reading import read_json_lines
 
 REQUIRED_KEYS = ("image", "mask", "lesion_id", "text")
 
@@ -42,13 +42,9 @@ def referring_datalist(dataset_dir: str | Path, split: str) -> list[dict]:
         raise DatasetError(path, f"no {split} split: expected a JSONL file of referring records (set --dataset_dir "
                                  "to the folder scripts/build_referring_ct.py wrote)")
     records = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DatasetError(path, f"line {n} is not JSON ({err})") from err
+    for n, entry in read_json_lines(path):
+        if not isinstance(entry, dict):
+            raise DatasetError(path, f"line {n} is not a record of named fields: {entry!r}")
         missing = [k for k in REQUIRED_KEYS if entry.get(k) in (None, "")]
         if missing:
             raise DatasetError(path, f"line {n} has no {missing}")

@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 
 from ..synthetic.ownership import claim_folder, is_sample_folder
-from .builder import build_referring_dataset, find_pairs
+from .builder import find_pairs, write_referring_dataset
 
 def write_sample_ct(out_dir: str | Path, n_cases: int = 8, size: int = 96, depth: int = 16, seed: int = 0,
                     spacing: Sequence[float] = (0.8, 0.8, 2.5)) -> Path:
@@ -67,7 +67,7 @@ def ensure_sample_referring_ct(out_dir: str | Path, n_cases: int = 12, size: int
         print(f"writing {n_cases} synthetic CT volumes ({size}x{size}x{depth}) and building the referring dataset "
               f"in {root}", flush=True)
         volumes = write_sample_ct(root / "volumes", n_cases, size, depth, seed)
-        build_referring_dataset(find_pairs(volumes / "ct", volumes / "labels"), root, lesion_values="all",
-                                progress=False)
+        write_referring_dataset(find_pairs(volumes / "ct", volumes / "labels"), root, lesion_values="all",
+                                progress=False)  # beside the volumes, in the folder the sample writer owns
     return str(root)
 

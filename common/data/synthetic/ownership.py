@@ -25,6 +25,12 @@ def claim_folder(folder: str | Path) -> Path:
                                    "synthetic samples here would mix them in and replace its prompt files. Choose "
                                    "another output folder (--out_dir / --data_dir)")
     folder.mkdir(parents=True, exist_ok=True)
+    return mark_folder(folder)
+
+
+def mark_folder(folder: str | Path) -> Path:
+    """Put the marker in a folder a sample writer has just made (for one it writes beside and renames into place)."""
+    folder = Path(folder)
     (folder / MARKER).write_text("written by the tgseg sample-data writers; safe to delete with this folder\n")
     return folder
 
