@@ -201,10 +201,11 @@ def test_package_refuses_to_pack_a_crafted_checkpoint(checkpoints, tmp_path):
 
 
 @pytest.mark.bundle
-@pytest.mark.parametrize("run_id", ["inferring", "evaluating"])
+@pytest.mark.parametrize("run_id", ["inferring", "evaluating", "finetuning"])
 def test_the_bundle_commands_refuse_a_crafted_checkpoint(run_id, checkpoints, tmp_path):
     """The issue's reproduction: a payload in ``description['network']``, then ``inferring`` (and
-    ``evaluating``) with it: the run fails, the last line names the checkpoint, the file never appears."""
+    ``evaluating``, fine-tuning) with it: the run fails, the last line names the checkpoint, the file never
+    appears. (MONAI Label and an unpacked zoo zip load through the same reader: tests/test_zoo.py.)"""
     from PIL import Image
 
     _, state = checkpoints("tmca")
@@ -219,8 +220,9 @@ def test_the_bundle_commands_refuse_a_crafted_checkpoint(run_id, checkpoints, tm
         from common.data.synthetic.sample_datasets import write_sample_dataset
 
         data = write_sample_dataset("kvasir", tmp_path / "data", n=5, size=32, seed=0)
-        args = ["evaluating", "--config_file", f"['{configs / 'train.yaml'}','{configs / 'demo.yaml'}',"
-                                               f"'{configs / 'evaluate.yaml'}']",
+        extra = "evaluate" if run_id == "evaluating" else "finetune"
+        args = ["evaluating" if run_id == "evaluating" else "training",
+                "--config_file", f"['{configs / 'train.yaml'}','{configs / 'demo.yaml'}','{configs / extra}.yaml']",
                 "--dataset_dir", str(data), "--output_dir", str(tmp_path / "out")]
     proc = bundle(*args, "--checkpoint", str(path), check=False)
     assert proc.returncode != 0

@@ -140,6 +140,17 @@ def test_the_zip_runs_on_its_own_from_any_folder(name, trained, tmp_path):
     assert any((elsewhere / "out").glob("*.png"))
     meta = json.loads((unpacked / "configs" / "metadata.json").read_text())
     assert "optional_packages_version" not in meta and meta["required_packages_version"]
+    # a stranger's model.pt in the unpacked zip: its description is read as data, the payload never runs
+    import torch
+
+    state = torch.load(unpacked / "models" / "model.pt", map_location="cpu", weights_only=True)
+    marker = tmp_path / "PWNED"
+    state["description"]["network"]["payload"] = f"$__import__('pathlib').Path({str(marker)!r}).write_text('x')"
+    torch.save(state, unpacked / "models" / "model.pt")
+    proc = python("driver.py", str(tmp_path / "zoo"), name, str(elsewhere / "out2"),
+                  *[a.lstrip("-") if i % 2 == 0 else a for i, a in enumerate(inputs)], cwd=elsewhere, check=False)
+    assert proc.returncode != 0 and "network.payload = " in proc.stderr and "refused, nothing was built" in proc.stderr
+    assert not marker.exists()
 
 
 @pytest.mark.parametrize("name", TENSOR_BUNDLES)
