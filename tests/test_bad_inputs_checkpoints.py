@@ -79,6 +79,8 @@ def _payloads(marker: Path) -> dict:
         "expression": f"$__import__('pathlib').Path({str(marker)!r}).write_text('x') and 0.1",
         "target": {"_target_": "os.system", "command": f"touch {marker}"},
         "target_of_a_module_that_runs_on_import": {"_target_": "antigravity.geohash", "latitude": 1.0},
+        "shared_class_that_is_not_configurable": {"_target_": "common.core.errors.DatasetError", "path": str(marker),
+                                                  "problem": "x"},
         "reference": "@__builtins__",
         "macro": f"%{marker}::x",
     }
@@ -95,7 +97,8 @@ def _crafted(state: dict, payload, tmp_path: Path, min_depth: int = 0) -> tuple[
 
 
 @pytest.mark.parametrize("name", BUNDLES)
-@pytest.mark.parametrize("kind", ["expression", "target", "target_of_a_module_that_runs_on_import", "reference", "macro"])
+@pytest.mark.parametrize("kind", ["expression", "target", "target_of_a_module_that_runs_on_import",
+                                  "shared_class_that_is_not_configurable", "reference", "macro"])
 def test_a_crafted_description_is_refused_and_runs_nothing(name, kind, checkpoints, tmp_path):
     _, state = checkpoints(name)
     marker = tmp_path / "PWNED"

@@ -206,7 +206,7 @@ def configurable(cls: type | None = None, *, pretrained: Mapping[str, Any] | Non
             original(*bound.args, **bound.kwargs)
 
         klass.__init__ = __init__
-        _CLASSES.add(klass)
+        klass._described_by_configurable = True  # what a description may name (described_class)
         klass._pretrained_arguments = dict(pretrained or {})
         klass._source_arguments = tuple(sources) if sources is not None else tuple(klass._pretrained_arguments)
         for name in (*klass._pretrained_arguments, *klass._source_arguments):
@@ -387,7 +387,6 @@ def _build(node: Any, roots: tuple[str, ...]) -> Any:
 
 
 # ---------------------------------------------------------------------------- a description is data
-_CLASSES: set[type] = set()  # every @configurable class: the only classes a description may name
 _OWN_ROOTS = ("scripts", "common", "transforms")  # a bundle's own package, the shared code
 _DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
 
@@ -405,7 +404,9 @@ def described_class(target: Any, where: str, roots: Iterable[str] = _OWN_ROOTS) 
         raise ConfigurationError(f"{label} = {target!r}: a description may name only classes of {allowed}")
     shared = target.split(".")[0] != "scripts"
     klass = locate(VENDOR_PREFIX + target if (shared and VENDOR_PREFIX) else target)
-    if klass not in _CLASSES:
+    # decorated here, not inherited; the mark, not a registry of this copy, also admits the classes of a
+    # packaged bundle, which registers them with the copy of this code vendored inside it
+    if not (isinstance(klass, type) and klass.__dict__.get("_described_by_configurable") is True):
         raise ConfigurationError(f"{label} = {target!r} is not a class these bundles build from a description "
                                  "(@configurable)")
     return klass
