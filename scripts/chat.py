@@ -20,6 +20,7 @@ from pathlib import Path
 import _repo  # noqa: F401  (puts the repository root on sys.path)
 
 from common.core.describe import typed
+from common.core.errors import DatasetError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,60 +35,85 @@ def _load(checkpoint: str, bundle: str, device: str | None, pretrained_sources: 
     return trained, trained.network.to(device)
 
 
-@typed  # fire hands over '--flag false' as the text 'false': read it as the annotation says
-def main(checkpoint: str = str(ROOT / "bundles/ltse/models/model.pt"), image: str | None = None,
-         instructions=None, output_dir: str = "runs/ltse/chat", bundle: str = str(ROOT / "bundles/ltse"),
-         device: str | None = None, threshold: float = 0.0, max_new_tokens: int | None = None,
-         pretrained_sources: dict | None = None) -> None:
-    """Load ``checkpoint`` once and answer instructions about ``image`` (module doc)."""
-    import torch
+class ChatSession:
+    """The current image and the answers so far; ``predictions.csv`` is rewritten after every answer, so a
+    session that ends in any way keeps the index of what it answered."""
 
-    from bundles.ltse.scripts.inference import AnswerWriter, read_rgb
+    def __init__(self, network, writer, max_new_tokens: int, threshold: float):
+        self.network, self.writer = network, writer
+        self.max_new_tokens, self.threshold = max_new_tokens, threshold
+        self.path: str | None = None
+        self.rgb = None
 
-    trained, network = _load(checkpoint, bundle, device, pretrained_sources)
-    max_new_tokens = max_new_tokens or int(trained.settings.get("max_new_tokens", 64))
-    writer = AnswerWriter(output_dir)
-    current = {"path": None, "rgb": None}
+    def use(self, path: str) -> None:
+        """Switch to the image at ``path``; a missing or unreadable file raises a DatasetError naming it
+        (the current image stays)."""
+        from bundles.ltse.scripts.inference import read_rgb
 
-    def use(path: str) -> bool:
-        if not Path(path).is_file():
-            print(f"no such image: {path}")
-            return False
-        current["path"], current["rgb"] = path, read_rgb(path)
-        print(f"image: {path} ({current['rgb'].shape[1]}x{current['rgb'].shape[0]})")
-        return True
+        if not path:
+            raise DatasetError(None, "no image given: type ':image PATH'")
+        rgb = read_rgb(path)
+        self.path, self.rgb = path, rgb
+        print(f"image: {path} ({rgb.shape[1]}x{rgb.shape[0]})")
 
-    def answer(text: str) -> None:
-        if current["rgb"] is None:
-            print("no image yet: type ':image PATH' first")
-            return
-        result = network.generate(torch.as_tensor(current["rgb"]).permute(2, 0, 1), text,
-                                  max_new_tokens=max_new_tokens, threshold=threshold)
-        row = writer.write(current["path"], current["rgb"], text, result)
+    def answer(self, text: str) -> None:
+        import torch
+
+        if self.rgb is None:
+            raise DatasetError(None, "no image yet: type ':image PATH' first")
+        result = self.network.generate(torch.as_tensor(self.rgb).permute(2, 0, 1), text,
+                                       max_new_tokens=self.max_new_tokens, threshold=self.threshold)
+        row = self.writer.write(self.path, self.rgb, text, result)
+        self.writer.write_index()
         masks = row["masks"].split()
-        where = f"{len(masks)} mask(s) in {writer.output_dir}: {masks[0]}" + (f" ... {masks[-1]}" if len(masks) > 1 else "") \
+        where = f"{len(masks)} mask(s) in {self.writer.output_dir}: {masks[0]}" + (f" ... {masks[-1]}" if len(masks) > 1 else "") \
             if masks else "no mask"
         print(f"{result['answer']}   ({where}; overlay {row['overlay']})")
 
-    if image:
-        use(image)
-    if instructions is not None:
-        for text in [instructions] if isinstance(instructions, str) else list(instructions):
-            answer(str(text))
-    else:
+    def talk(self, lines) -> None:
+        """One instruction per line, ``:image PATH`` to switch; a bad image or a missing one is said (naming
+        the file) and the session goes on."""
         print("type an instruction, ':image PATH' to change the image, ':quit' to stop")
-        for line in sys.stdin:
+        for line in lines:
             line = line.strip()
             if not line:
                 continue
             if line in (":quit", ":q", ":exit"):
                 break
-            if line.startswith(":image"):
-                use(line[len(":image"):].strip())
-                continue
-            answer(line)
-    if writer.rows:
-        print(f"index of this session: {writer.write_index()}")
+            try:
+                if line.startswith(":image"):
+                    self.use(line[len(":image"):].strip())
+                else:
+                    self.answer(line)
+            except DatasetError as err:
+                print(f"error: {err}", file=sys.stderr, flush=True)
+
+
+@typed  # fire hands over '--flag false' as the text 'false': read it as the annotation says
+def main(checkpoint: str = str(ROOT / "bundles/ltse/models/model.pt"), image: str | None = None,
+         instructions=None, output_dir: str = "runs/ltse/chat", bundle: str = str(ROOT / "bundles/ltse"),
+         device: str | None = None, threshold: float = 0.0, max_new_tokens: int | None = None,
+         pretrained_sources: dict | None = None) -> None:
+    """Load ``checkpoint`` once and answer instructions about ``image`` (module doc). A missing or unreadable
+    ``--image``, or ``--instructions`` without one, stops before the model is loaded (exit status 1)."""
+    from bundles.ltse.scripts.inference import AnswerWriter, read_rgb
+
+    if image:
+        read_rgb(image)  # a DatasetError naming the file, before the model takes its time to load
+    elif instructions is not None:
+        raise DatasetError(None, "--instructions answers questions about --image PATH: give one")
+    trained, network = _load(checkpoint, bundle, device, pretrained_sources)
+    max_new_tokens = max_new_tokens or int(trained.settings.get("max_new_tokens", 64))
+    session = ChatSession(network, AnswerWriter(output_dir), max_new_tokens, threshold)
+    if image:
+        session.use(image)
+    if instructions is not None:
+        for text in [instructions] if isinstance(instructions, str) else list(instructions):
+            session.answer(str(text))
+    else:
+        session.talk(sys.stdin)
+    if session.writer.rows:
+        print(f"index of this session: {session.writer.output_dir / 'predictions.csv'}")
 
 
 if __name__ == "__main__":

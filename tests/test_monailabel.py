@@ -239,6 +239,8 @@ def test_info_lists_every_bundle_with_its_labels_and_prompt_fields(server):
     assert models["ltse"]["config"]["instruction"] == "" and "text" not in models["ltse"]["config"]
     assert models["ltse"]["labels"] == {f"segment_{k}": k for k in range(1, 11)}
     assert "ltse" not in server["info"]["trainers"]  # referring records, not one label per image
+    status, _, body = post_json(f"{server['url']}/train/ltse", {"max_epochs": 1})  # refused at once, not queued
+    assert status == 404 and json.loads(body)["detail"].startswith("ltse has no /train task")
 
 
 def test_ltse_answers_an_instruction_with_text_and_the_masks_of_the_bundle_command(server, tmp_path):
@@ -362,8 +364,9 @@ def test_training_fine_tunes_the_served_model_and_inference_reloads_it(server, t
     served_bundle = server["bundles"]["tmca"]
     model = served_bundle / "models" / "model.pt"
     before = torch.load(model, map_location="cpu", weights_only=True)["description"]
+    # promote: always -- the new model is served whatever its score (the rule: tests/test_bad_inputs_serving.py)
     status, _, body = post_json(f"{server['url']}/train/tmca", {"max_epochs": 1, "val_split": 0.25, "device": "cpu",
-                                                                "batch_size": 2})
+                                                                "batch_size": 2, "promote": "always"})
     assert status == 200, body
     deadline, task = time.time() + 400, {}
     while time.time() < deadline:
@@ -379,7 +382,9 @@ def test_training_fine_tunes_the_served_model_and_inference_reloads_it(server, t
     assert (run / "models" / "checkpoint_epoch=1.pt").is_file() and any((run / "logs").iterdir())
     assert not list((served_bundle / "configs").glob("monailabel_train*"))  # the bundle's configs are untouched
     details = "\n".join(task.get("details", []))
-    assert '"train_records": 3' in details and '"val_records": 1' in details
+    assert '"train_records": 3' in details and '"val_records": 1' in details and '"promoted": true' in details
+    backups = list((served_bundle / "models" / "previous").glob("model_*.pt"))  # the model served before
+    assert len(backups) == 1 and torch.load(backups[0], map_location="cpu", weights_only=True)["description"] == before
     image = server["data"]["tmca"] / "images" / "sample_test_0000.jpg"
     infer(server, "tmca", image, text=PROMPTS[0])
     assert "changed since it was last loaded" in server["log"].read_text()
@@ -428,8 +433,9 @@ def test_lsms_trains_on_ct_volumes_with_slice_and_lesion_records(served):
         shutil.copy(data / "volumes" / "labels" / f"{case}.nii.gz", studies / "labels" / "final" / f"{case}.nii.gz")
     (studies / "texts.json").write_text(json.dumps(texts))
     result = _train_in_label_env(served, "lsms", studies, {"max_epochs": 1, "val_split": 0.0, "device": "cpu",
-                                                           "batch_size": 4})
+                                                           "batch_size": 4, "promote": "always"})
     assert result["train_records"] == sum(len(v) for v in texts.values()) and result["val_records"] == 0
+    assert result["promoted"]  # without validation only when asked: nothing shows the new model is better
     state = torch.load(served["bundles"]["lsms"] / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert state["description"]["training"]["epoch"] == 1
 

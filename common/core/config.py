@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .errors import ConfigurationError
+from .errors import CheckpointError, ConfigurationError, DatasetError, PretrainedWeightsError
 
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0", "none", "null", ""}
@@ -151,14 +151,54 @@ def check_command_line(frozen_sections: Sequence[str] = (), argv: Sequence[str] 
                     f"with that setting to evaluate it. Nothing was run.")
 
 
-def root_cause(error: BaseException) -> BaseException:
-    """The innermost exception of a chain (``raise ... from ...`` or raised while handling another)."""
+def exception_chain(error: BaseException) -> list[BaseException]:
+    """The exception and those it was raised from (``raise ... from ...``) or while handling, outermost first."""
     seen = [error]
     while True:
         nxt = seen[-1].__cause__ or (None if seen[-1].__suppress_context__ else seen[-1].__context__)
         if nxt is None or nxt in seen:
-            return seen[-1]
+            return seen
         seen.append(nxt)
+
+
+def root_cause(error: BaseException) -> BaseException:
+    """The innermost exception of a chain (``raise ... from ...`` or raised while handling another)."""
+    return exception_chain(error)[-1]
+
+
+# errors whose message names the file or setting to fix: the summary line prefers them to what they wrap
+NAMED_ERRORS = (DatasetError, CheckpointError, ConfigurationError, PretrainedWeightsError)
+WORKER_TRACEBACK = "Original Traceback"  # torch's DataLoader re-raises a worker's error as text
+NAMED_ERROR_LINE = re.compile(r"^common\.core\.errors\.(\w+): (.+)$", re.MULTILINE)
+
+
+def summary_line(error: BaseException) -> str:
+    """The line that says what to fix: the innermost error of the chain that names a file or setting, else
+    the innermost error; for a DataLoader worker's error, the last such error in its traceback text."""
+    chain = exception_chain(error)
+    named = [e for e in chain if isinstance(e, NAMED_ERRORS)]
+    cause = named[-1] if named else chain[-1]
+    if not named and WORKER_TRACEBACK in str(cause):
+        found = NAMED_ERROR_LINE.findall(str(cause))
+        if found:
+            return f"{found[-1][0]}: {found[-1][1]}"
+    return f"{type(cause).__name__}: {cause}"
+
+
+def finish_pool_threads(timeout: float = 300.0) -> None:
+    """Wait for the threads of thread pools that an error left running, before the interpreter shuts down.
+
+    MONAI's ``CacheDataset`` fills its cache with ``multiprocessing.pool.ThreadPool``; when one item raises,
+    the pool is terminated, which does not wait for the items the other threads are loading. A daemon thread
+    still inside torch while the interpreter exits aborts the process ("terminate called without an active
+    exception", exit 134) after the error was printed. Terminated pool threads stop after their current item.
+    """
+    import threading
+    from multiprocessing.dummy import DummyProcess
+
+    for thread in threading.enumerate():
+        if isinstance(thread, DummyProcess) and thread.is_alive() and thread is not threading.current_thread():
+            thread.join(timeout)
 
 
 def install_error_summary() -> None:
@@ -174,9 +214,10 @@ def install_error_summary() -> None:
 
     def hook(kind, error, traceback):
         previous(kind, error, traceback)
-        cause = root_cause(error)
-        if cause is not error:
-            print(f"\nerror: {type(cause).__name__}: {cause}", file=sys.stderr, flush=True)
+        finish_pool_threads()
+        line = summary_line(error)
+        if line != f"{type(error).__name__}: {error}":
+            print(f"\nerror: {line}", file=sys.stderr, flush=True)
 
     hook._prints_root_cause = True
     sys.excepthook = hook

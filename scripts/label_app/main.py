@@ -16,13 +16,16 @@ form field, the model's options: ``{"text": "..."}`` (LSMS also ``"slice": 57`` 
 ``{"instruction": "Please segment the tumor and the necrosis."}``, answered with text in the JSON and one
 label value per [SEG] in the label file, ``lib/answer.py``). A datastore image without a text in the
 request uses the one stored for it. ``/train/<name>`` fine-tunes the
-served model on the datastore's labelled images and replaces ``models/model.pt`` when it has finished.
+served model on the datastore's labelled images and, when it has finished and scores better, replaces
+``models/model.pt`` (the previous one is kept in ``models/previous/``; ``lib/promotion.py``); a model without
+a training task (Co-Seg, LTSE) is answered 404 at once.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 import tempfile
 from typing import Dict
 
@@ -36,6 +39,7 @@ from monailabel.tasks.activelearning.random import Random
 
 from lib.answer import AnswerInferTask
 from lib.infer import TextBundleInferTask
+from lib.routes import refuse_training_without_task, why_not_trained
 from lib.serving import TEXTS_FILE, RequestError, read_serving, read_texts, request_fields, stored_entries
 from lib.train import FinetuneBundleTrainTask
 
@@ -81,6 +85,25 @@ class TextGuidedSegmentationApp(MONAILabelApp):
                 continue
             trainers[name] = FinetuneBundleTrainTask(serving, self.conf, self.studies, self.texts_file)
         return trainers
+
+    def server_mode(self, mode: bool):
+        """In the HTTP server (not in the background task processes): POST /train/<model> for a model without
+        a training task is answered 404 at once instead of 200 and an error in the background."""
+        super().server_mode(mode)
+        server = sys.modules.get("monailabel.app")
+        if mode and server is not None:
+            from monailabel.config import settings
+            from monailabel.endpoints.train import api_run_model
+            from monailabel.interfaces.utils.app import app_instance
+
+            def reason(model: str) -> str | None:  # the app as the server holds it now (POST /reload makes a new one)
+                return app_instance().why_not_trained(model)
+
+            refuse_training_without_task(server.app, api_run_model, reason, settings.MONAI_LABEL_API_STR)
+
+    def why_not_trained(self, model: str) -> str | None:
+        not_trained = {name: s.training for name, s in self.servings.items() if s.training is not None}
+        return why_not_trained(model, self._trainers, not_trained)
 
     def init_strategies(self) -> Dict[str, Strategy]:
         return {"random": Random(), "first": First()}

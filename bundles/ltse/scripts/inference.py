@@ -10,6 +10,7 @@ writes no mask: an empty result, not an error. Names are unique within a run (tw
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -38,10 +39,10 @@ def inference_records(image: str | None = None, instruction: str | None = None,
 
 
 def read_rgb(path: str) -> np.ndarray:
-    from PIL import Image
+    """(H, W, 3) uint8 RGB; a missing, corrupt or truncated file raises a DatasetError naming it."""
+    from transforms.geojson import read_rgb as read_rgb_checked
 
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+    return read_rgb_checked(path)
 
 
 class AnswerWriter:
@@ -74,12 +75,15 @@ class AnswerWriter:
         return row
 
     def write_index(self) -> Path:
+        """``predictions.csv`` of every answer so far, replaced in one rename (never half-written)."""
         path = self.output_dir / "predictions.csv"
-        with open(path, "w", newline="") as f:
+        partial = path.with_name(f".{path.name}.part")
+        with open(partial, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=["image", "instruction", "answer", "slots", "masks", "overlay",
                                                    "mask_pixels", "cut"])
             writer.writeheader()
             writer.writerows(self.rows)
+        os.replace(partial, path)
         return path
 
 

@@ -247,6 +247,21 @@ def training_records(labelled: Iterable[tuple[str, str, str, Mapping | None]], t
     return records, left_out
 
 
+def partition_by_image(records: list[dict], val_split: float) -> tuple[list[dict], list[dict]]:
+    """Training and validation records, ``val_split`` of the *images* for validation (the last ones, in
+    datastore order): all records of one image (the slices and lesions of a CT volume) land on the same side,
+    so validation never scores a volume that training has seen."""
+    from monai.data import partition_dataset
+
+    images = list(dict.fromkeys(str(r["image"]) for r in records))
+    if val_split <= 0 or not images:
+        return list(records), []
+    train_images, val_images = partition_dataset(images, ratios=[1 - val_split, val_split], shuffle=False)
+    val_images = set(val_images)
+    return ([r for r in records if str(r["image"]) not in val_images],
+            [r for r in records if str(r["image"]) in val_images])
+
+
 # -------------------------------------------------------------------------------------------------
 # the returned label
 # -------------------------------------------------------------------------------------------------

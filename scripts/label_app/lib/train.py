@@ -12,10 +12,13 @@ What changes from the stock ``BundleTrainTask``, and why:
   the text budget, ``multi_gpu_train``'s partition per rank) reads. The stock task sets only
   ``train#dataset#data``, and the bundle went on building its own datalist.
 * the epochs: ``epochs`` (the learning-rate schedule follows), not only the trainer's ``max_epochs``.
+* the validation split: by image, not by record (:func:`lib.serving.partition_by_image`), so the slices
+  and lesions of one CT volume are never on both sides.
 * where the model goes: the run writes into ``<bundle>/runs/monailabel`` (its checkpoints, logs and
-  TensorBoard events); the served ``models/model.pt`` is replaced only when the run has finished and
-  its model loads, in one rename, so inference never sees a half-written or missing model (it reloads
-  the new one on its next request).
+  TensorBoard events); the served ``models/model.pt`` is replaced only when the run has finished, its
+  model loads and its validation score beats the served model's (:mod:`lib.promotion`: the served one is
+  kept in ``models/previous/``), in one rename, so inference never sees a half-written or missing model
+  (it reloads the new one on its next request). Otherwise the result says why the served model stays.
 * several GPUs: ``torchrun`` with ``multi_gpu_train`` merged too, and the merged settings written into the
   run folder, not into the bundle's ``configs/``; a failed run is an error, not a log line.
 """
@@ -36,9 +39,11 @@ from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.tasks.train.bundle import BundleTrainTask
 from monailabel.utils.others.generic import name_to_device
 
+from common.core.config import finish_pool_threads
 from common.core.describe import bundle_scripts
 
-from .serving import Serving, read_texts, training_records
+from .promotion import key_metric, promote_if_better, promote_mode
+from .serving import Serving, partition_by_image, read_texts, training_records
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +94,8 @@ class FinetuneBundleTrainTask(BundleTrainTask):
             config.pop(unused, None)  # this task logs to TensorBoard in its run folder and fine-tunes models/model.pt
         get = self.bundle_config.get
         config.update(max_epochs=10, multi_gpu=torch.cuda.device_count() > 1, val_split=0.2,
-                      learning_rate=float(get("learning_rate", 1e-4)), batch_size=int(get("batch_size", 8)))
+                      learning_rate=float(get("learning_rate", 1e-4)), batch_size=int(get("batch_size", 8)),
+                      promote="better")  # lib/promotion.py: or "always"
         return config
 
     # ---------------------------------------------------------------------------------------------
@@ -138,6 +144,10 @@ class FinetuneBundleTrainTask(BundleTrainTask):
     def served_model(self) -> Path:
         return self.serving.bundle / "models" / "model.pt"
 
+    def _partition_datalist(self, datalist, request, shuffle=False):
+        """Split by image: every record of a CT volume on one side (the stock task splits records)."""
+        return partition_by_image(datalist, float(request.get("val_split", 0.2)))
+
     @staticmethod
     def _pretrained(request) -> bool:
         return _flag(request.get("pretrained", True))
@@ -154,6 +164,7 @@ class FinetuneBundleTrainTask(BundleTrainTask):
     # ---------------------------------------------------------------------------------------------
     def __call__(self, request, datastore: Datastore):
         logger.info("%s: train request %s", self.serving.name, request)
+        promote = promote_mode(request)
         records, left_out = self.datalist(datastore)
         train, val = self._partition_datalist(records, request)
         val = list(val or [])  # None (use the bundle's own validation data) has no meaning here: no validation
@@ -175,10 +186,17 @@ class FinetuneBundleTrainTask(BundleTrainTask):
             with bundle_scripts(self.serving.bundle):
                 import monai.bundle
 
-                monai.bundle.run("training", config_file=files, meta_file=self.bundle_metadata_path, **overrides)
-        served = self._promote(run / "models" / "model.pt")
-        result = {"model": str(served), "train_records": len(train), "val_records": len(val),
-                  "left_out": left_out, "run_folder": str(run)}
+                try:
+                    monai.bundle.run("training", config_file=files, meta_file=self.bundle_metadata_path, **overrides)
+                except BaseException:
+                    finish_pool_threads()  # the task's process then exits with the error, not an abort (134)
+                    raise
+        promotion = self._promote(run / "models" / "model.pt", promote)
+        logger.info("%s: %s %s", self.serving.name, "serving the new model:" if promotion["promoted"] else
+                    "the served model stays:", promotion["promotion"])
+        result = {"model": str(self.served_model()), "trained_model": str(run / "models" / "model.pt"),
+                  **promotion, "train_records": len(train), "val_records": len(val), "left_out": left_out,
+                  "run_folder": str(run)}
         logger.info("%s: training finished: %s", self.serving.name, json.dumps(result))
         return result
 
@@ -203,16 +221,13 @@ class FinetuneBundleTrainTask(BundleTrainTask):
                                f"the served model is unchanged. Command: {' '.join(cmd)}\n"
                                f"{first_failure(log.read_text())}(whole output: {log})")
 
-    def _promote(self, trained: Path) -> Path:
-        """Replace the served model with the run's, in one rename, once it loads."""
+    def _promote(self, trained: Path, mode: str) -> dict:
+        """Replace the served model with the run's once it loads and scores better (:mod:`lib.promotion`)."""
         from common.engine.checkpoints import load_model
 
         if not trained.is_file():
             raise RuntimeError(f"{self.serving.name}: training wrote no {trained}; the served model is unchanged")
         with bundle_scripts(self.serving.bundle):
             load_model(str(trained), str(self.serving.bundle))  # refuses another bundle's or a broken file
-        served = self.served_model()
-        staged = served.with_name(".model.pt.incoming")
-        staged.write_bytes(trained.read_bytes())
-        os.replace(staged, served)
-        return served
+        metric = key_metric(self.bundle_config.get("val_metrics"), self.bundle_config_path)
+        return promote_if_better(trained, self.served_model(), metric, mode)
