@@ -91,13 +91,15 @@ def _without_pretrained_sources(config):
 
 
 def _network(cfg, device):
-    """The bundle's ``network_def`` built with random weights (no download)."""
-    from common.core.describe import instantiate
+    """The bundle's ``network_def`` built with random weights (no download). The bundle's own config is built
+    with MONAI's parser, as ``monai.bundle run`` builds it (``_disabled_`` parts and all); only a checkpoint's
+    description goes through the data-only builder (:func:`common.core.describe.instantiate`)."""
+    from monai.bundle import ConfigParser
 
     resolved = cfg.get_parsed_content("network_def", instantiate=False)
     with bundle_scripts(cfg.folder):
         offline = _without_pretrained_sources(resolved)
-    return instantiate(offline, cfg.folder).to(device)
+        return ConfigParser({"network": offline}).get_parsed_content("network").to(device)
 
 
 def _batch(cfg, spec: dict, batch_size: int, image_size: int, device: torch.device):

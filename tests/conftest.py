@@ -48,3 +48,24 @@ def sample_root(tmp_path_factory) -> Path:
     for i, name in enumerate(DATASETS):
         write_sample_dataset(name, out, n=20, size=64, seed=i)
     return out
+
+
+@pytest.fixture(autouse=True)
+def _a_test_that_starts_python_is_marked_bundle(request, monkeypatch):
+    """``make test-fast`` (``-m "not bundle"``) is the edit loop: a test that starts a Python process (a bundle
+    command, a script run as a user would, a two-process run) must carry the ``bundle`` marker, or it fails here
+    and says so instead of slowing that loop down unseen."""
+    if request.node.get_closest_marker("bundle") is not None:
+        return
+    import subprocess
+
+    original = subprocess.Popen.__init__
+
+    def guarded(self, args, *rest, **kwargs):
+        program = args[0] if isinstance(args, (list, tuple)) and args else str(args).split()[0] if args else ""
+        if Path(str(program)).name.startswith("python") or str(program) == sys.executable:
+            pytest.fail(f"{request.node.nodeid} starts a Python process ({' '.join(map(str, args))[:120]}): "
+                        "mark it @pytest.mark.bundle (or give its module pytestmark = pytest.mark.bundle)")
+        original(self, args, *rest, **kwargs)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", guarded)

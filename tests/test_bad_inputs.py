@@ -4,6 +4,29 @@ Every case here names the file (or the config key) and says what is wrong. The R
 "Troubleshooting" section lists the same cases for users. Bundle-level cases (a typo on the command
 line, resuming, a checkpoint of another bundle) run the real ``python -m monai.bundle`` commands in
 ``tests/test_bundle_failures.py``.
+
+The catalogue is this file and its sections ``tests/test_bad_inputs_<area>.py`` (one file of ~1,600 lines
+would be read by nobody). Issue 22's items, each failing on the code before it:
+
+==========================  =====================================================================
+item                        cases
+==========================  =====================================================================
+1 a checkpoint runs code    ``_checkpoints``: crafted descriptions (expression, ``_target_``, reference, macro,
+                            directive, nested, settings) in every bundle and entry point (load, export,
+                            package, inferring, evaluating, fine-tuning; the zoo zip in test_zoo.py)
+2 disk full                 ``_engine``: a failed save keeps the previous checkpoint and says why
+3 two runs, one folder      ``_engine``: the output-folder lock (second run, dead holder, torchrun ranks)
+4 demo over a real model    ``_engine``: the demo replaces only what a demo wrote
+5 builders' outputs         ``_scripts``: reruns refused, failed runs leave nothing half-written
+6 MONAI Label /train        ``_serving``: promotion by score, backup, split by volume, 404 without a train task
+7 RGBA masks                ``_data``: alpha never counts
+8 NaN weights / pixels      ``_checkpoints`` (weights), ``_data`` (pixels)
+9 mistyped script flags     ``_scripts``: every script through one flag check with did-you-mean
+10 the last error line      ``_serving``: the summary line names the file, also from a worker's error
+11 smaller ones             ``_data`` (CSV separators), ``_scripts`` (0/2 masks, truncated images, ranges,
+                            JSON lines), ``_serving`` (chat, Co-Seg rc 134), ``_checkpoints`` (resume with
+                            another setting)
+==========================  =====================================================================
 """
 
 from __future__ import annotations

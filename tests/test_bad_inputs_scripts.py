@@ -175,6 +175,7 @@ def test_every_script_runs_its_command_line_through_run_cli():
      r"error: --lesion_value is not a flag of scripts/build_referring_ct.py, so it would be ignored. Did you mean "
      r"--lesion_values\? Nothing was run."),
 ])
+@pytest.mark.bundle
 def test_a_mistyped_flag_stops_a_script_before_it_writes_anything(tmp_path, script, typo, message):
     """make_prompts ran with the default class name 'lesion' and wrote its prompt files; build_referring_ct made
     out_dir and failed only when it read the first label volume (no --lesion_values)."""

@@ -139,6 +139,7 @@ print("RESULT " + json.dumps({m: [r.status_code, r.json()] for m, r in answers.i
 '''
 
 
+@pytest.mark.bundle
 def test_train_of_a_bundle_without_a_training_task_is_refused_at_once(tmp_path):
     if not LABEL_PY.is_file():
         pytest.fail(f"{LABEL_PY.parents[1]} does not exist: run `make label-env`")
@@ -291,6 +292,7 @@ CacheDataset(["bad.tif", "slow.tif"], transform=Load(), num_workers=2, progress=
 '''
 
 
+@pytest.mark.bundle
 def test_a_data_error_while_the_cache_loads_exits_1_with_the_file_last(tmp_path):
     proc = subprocess.run([sys.executable, "-c", CACHE_ERROR], capture_output=True, text=True, timeout=300,
                           cwd=tmp_path, env=dict(os.environ, OMP_NUM_THREADS="1"))

@@ -195,6 +195,7 @@ dist.destroy_process_group()
 """
 
 
+@pytest.mark.bundle
 def test_validation_scores_gather_every_process_share(root, tmp_path):
     """Under torchrun each process validates its own records; the score must be that of all of them."""
     import os

@@ -158,6 +158,7 @@ def test_bad_input_names_the_file(tmp_path):
         make_prompts.main(data_dir=str(_dataset(tmp_path / "b", n=5, mismatch=1)), progress_bar=False)
 
 
+@pytest.mark.bundle
 def test_the_command_line_prints_what_it_wrote(tmp_path):
     data = _dataset(tmp_path / "cli", n=5)
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_prompts.py"), "--data_dir", str(data),

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
 
@@ -16,6 +18,7 @@ def run(*args):
     return proc
 
 
+@pytest.mark.bundle
 def test_make_sample_data_cli(tmp_path):
     proc = run("scripts/make_sample_data.py", "--out_dir", str(tmp_path), "--datasets", "['qata','bkai']", "--n", "10",
                "--size", "64")
@@ -26,6 +29,7 @@ def test_make_sample_data_cli(tmp_path):
     assert [f"p{i}" for i in range(10)] == list(entries[0]["prompts"])
 
 
+@pytest.mark.bundle
 def test_make_sample_data_writes_puma_rois_with_their_geojson(tmp_path):
     from common.data.puma.reader import puma_cases
 
@@ -34,6 +38,7 @@ def test_make_sample_data_writes_puma_rois_with_their_geojson(tmp_path):
     assert len(puma_cases(tmp_path / "PUMA")) == 3  # the reader finds each ROI with both annotation files
 
 
+@pytest.mark.bundle
 def test_benchmark_times_a_bundle_with_several_outputs_and_targets(tmp_path):
     out = tmp_path / "bench.json"
     run("scripts/benchmark.py", "--bundle", "coseg", "--device", "cpu", "--settings", "['fp32']", "--batch_size", "2",
@@ -43,6 +48,7 @@ def test_benchmark_times_a_bundle_with_several_outputs_and_targets(tmp_path):
     assert row["train_img_s"] > 0 and row["gflops"] > 0 and 0 < row["trainable_m"] < row["params_m"]
 
 
+@pytest.mark.bundle
 def test_benchmark_prints_a_markdown_table(tmp_path):
     out = tmp_path / "bench.json"
     proc = run("scripts/benchmark.py", "--device", "cpu", "--batch_size", "2", "--steps", "1", "--warmup", "0",
@@ -56,6 +62,7 @@ def test_benchmark_prints_a_markdown_table(tmp_path):
     assert rows[0]["text_rows_read_back"] == 0   # the timed steps look the frozen text up on the host
 
 
+@pytest.mark.bundle
 def test_build_referring_ct_cli(tmp_path):
     from common.data.referring_ct.synthetic import write_sample_ct
 
@@ -72,6 +79,7 @@ def test_build_referring_ct_cli(tmp_path):
     assert volumes.is_dir()
 
 
+@pytest.mark.bundle
 def test_benchmark_lsms_reports_the_image_branch(tmp_path):
     out = tmp_path / "bench.json"
     run("scripts/benchmark.py", "--bundle", "lsms", "--device", "cpu", "--batch_size", "2", "--steps", "1", "--warmup", "0",
@@ -83,6 +91,7 @@ def test_benchmark_lsms_reports_the_image_branch(tmp_path):
     assert row["gflops"] > row["image_gflops"] > 0
 
 
+@pytest.mark.bundle
 def test_benchmark_monch_takes_images_only(tmp_path):
     out = tmp_path / "bench.json"
     tiny = "$common.networks.clip_encoders.tiny_clip_config(image_size=32, patch_size=8, width=32, layers=1, text_width=32, embed_dim=32)"
@@ -95,6 +104,7 @@ def test_benchmark_monch_takes_images_only(tmp_path):
     assert row["gflops"] > 0 and row["train_img_s"] > 0
 
 
+@pytest.mark.bundle
 def test_benchmark_ltse_counts_the_7b_configuration_and_times_the_tiny_model(tmp_path):
     """The paper-size network is counted on the meta device (nothing allocated); the trained parts match
     hand counts: LoRA r=8 on q and v of 32 layers of width 4096, two new-token rows in the embedding and the
@@ -116,6 +126,7 @@ def test_benchmark_ltse_counts_the_7b_configuration_and_times_the_tiny_model(tmp
     assert row["setting"] == "fp32" and row["train_s_per_step"] > 0 and row["answer_s"] > 0
 
 
+@pytest.mark.bundle
 def test_a_flag_written_false_on_the_command_line_is_false(tmp_path):
     """fire hands '--overwrite false' over as the text 'false', which Python reads as true: records were replaced."""
     from common.data.bcss.synthetic import write_sample_bcss
