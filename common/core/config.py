@@ -11,13 +11,13 @@ cannot apply (an architecture setting at evaluation).
 from __future__ import annotations
 
 import ast
-import difflib
 import re
 import sys
 from pathlib import Path
 from typing import Sequence
 
 from .errors import CheckpointError, ConfigurationError, DatasetError, PretrainedWeightsError
+from .flags import did_you_mean
 
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0", "none", "null", ""}
@@ -131,8 +131,7 @@ def check_command_line(frozen_sections: Sequence[str] = (), argv: Sequence[str] 
         top = key.split("#")[0]
         if top in ids:
             continue
-        close = difflib.get_close_matches(top, sorted(i for i in ids if not i.startswith("_")), n=3, cutoff=0.6)
-        hint = f" Did you mean {' or '.join('--' + c for c in close)}?" if close else ""
+        hint = did_you_mean(top, (i for i in ids if not i.startswith("_")), prefix="--")
         if top in training_ids and top not in ids:
             hint += (f" --{top} is a training setting; {run_id or 'this run'} builds the network from the checkpoint, "
                      "which carries the settings it was trained with.")
