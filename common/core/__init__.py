@@ -4,7 +4,7 @@ and self-describing construction. Imports nothing else of the project.
 
 import importlib
 
-__all__ = ['config', 'describe', 'errors', 'pretrained']
+__all__ = ['config', 'describe', 'errors', 'flags', 'pretrained']
 
 
 def __getattr__(name):

@@ -3,7 +3,7 @@
 
 import importlib
 
-__all__ = ['bcss', 'datalist', 'files', 'lvit', 'mask_prompts', 'prompt_json', 'pannuke', 'puma', 'referring_ct', 'seg_answers',
+__all__ = ['bcss', 'datalist', 'file_reading', 'files', 'lvit', 'mask_prompts', 'output_folder', 'prompt_json', 'pannuke', 'puma', 'referring_ct', 'seg_answers',
            'synthetic']
 
 

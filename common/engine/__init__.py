@@ -3,7 +3,7 @@
 
 import importlib
 
-__all__ = ['checkpoints', 'device_data', 'distributed', 'inference', 'network', 'schedules', 'semantic_evaluation', 'text_ablation',
+__all__ = ['checkpoints', 'device_data', 'distributed', 'export', 'inference', 'network', 'run_lock', 'schedules', 'semantic_evaluation', 'text_ablation',
            'trainer']
 
 

@@ -3,7 +3,7 @@
 
 import importlib
 
-__all__ = ['cost', 'metrics', 'reports', 'semantic', 'visualize']
+__all__ = ['cost', 'instances', 'metrics', 'reports', 'semantic', 'visualize']
 
 
 def __getattr__(name):
