@@ -258,3 +258,57 @@ def test_resuming_with_another_setting_names_it_in_one_line(tmp_path):
                                               r"--resume continues a run with the settings it was trained with"):
         ResumeHandler(True, str(ckpt_dir), {"model": this_run.weights, "description": this_run}).attach(engine)
         engine.run([0], max_epochs=1)
+
+
+def test_a_directive_at_the_top_of_the_description_is_refused(checkpoints, tmp_path):
+    _, state = checkpoints("tmca")
+    crafted = copy.deepcopy(state)
+    crafted["description"]["_requires_"] = "$print(1)"
+    torch.save(crafted, tmp_path / "m.pt")
+    with pytest.raises(CheckpointError, match=r"_requires_: _requires_ is a MONAI config directive"):
+        load_model(str(tmp_path / "m.pt"), str(bundle_folder("tmca")))
+
+
+def test_the_network_must_be_defined_by_the_bundle_not_imported_by_it(checkpoints, tmp_path):
+    """LTSE's package imports SAM's encoder from the shared code: naming it through the bundle is refused too."""
+    _, state = checkpoints("ltse")
+    crafted = copy.deepcopy(state)
+    crafted["description"]["network"] = {"_target_": "scripts.network.SamEncoder"}
+    torch.save(crafted, tmp_path / "m.pt")
+    with pytest.raises(CheckpointError, match=r"'scripts.network.SamEncoder' is not a class defined by this bundle"):
+        load_model(str(tmp_path / "m.pt"), str(bundle_folder("ltse")))
+
+
+def test_the_environment_variable_allows_remote_code_through_the_bundle_configs(checkpoints, tmp_path, monkeypatch):
+    """MONAI Label builds inference.yaml's network: TGSEG_TRUST_REMOTE_CODE=1 must reach load_model there."""
+    from common.core.config import exception_chain
+
+    _, state = checkpoints("tmca")
+    crafted = copy.deepcopy(state)
+    crafted["description"]["network"]["text_encoder"]["trust_remote_code"] = True
+    torch.save(crafted, tmp_path / "m.pt")
+    monkeypatch.delenv("TGSEG_TRUST_REMOTE_CODE", raising=False)
+    with pytest.raises(Exception) as err:
+        read_bundle_config("tmca", ("inference",), {"checkpoint": str(tmp_path / "m.pt")}).get_parsed_content("trained")
+    assert any(isinstance(e, CheckpointError) and "trust_remote_code is true" in str(e) for e in exception_chain(err.value))
+    monkeypatch.setenv("TGSEG_TRUST_REMOTE_CODE", "1")
+    trained = read_bundle_config("tmca", ("inference",), {"checkpoint": str(tmp_path / "m.pt")}).get_parsed_content("trained")
+    assert trained.network is not None
+
+
+def test_an_exported_file_is_checked_before_its_program_is_loaded(checkpoints, tmp_path, monkeypatch):
+    """A .ts file is a TorchScript program: its description is read from the archive and refused first."""
+    import json
+    import zipfile
+
+    _, state = checkpoints("tmca")
+    description = copy.deepcopy(state["description"])
+    description["network"]["payload"] = "$__import__('os').getpid()"
+    with zipfile.ZipFile(tmp_path / "model.ts", "w") as archive:
+        archive.writestr("model/extra/description.json", json.dumps(description))
+        archive.writestr("model/code/__torch__.py", "not a program")
+    loaded = []
+    monkeypatch.setattr(torch.jit, "load", lambda *a, **k: loaded.append(a))
+    with pytest.raises(CheckpointError, match=r"model.ts: refused, nothing was built.*network.payload"):
+        load_model(str(tmp_path / "model.ts"), str(bundle_folder("tmca")))
+    assert not loaded

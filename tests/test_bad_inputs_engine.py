@@ -298,3 +298,31 @@ def test_scripts_demo_stops_before_running_anything_when_pointed_at_a_real_model
     with pytest.raises(CheckpointError, match=r"models: holds a model that no demo wrote \(model.pt\)"):
         demo.main(bundle="tmca", output_dir=str(tmp_path))
     assert ran == []
+
+
+def test_a_stale_lock_is_taken_over_by_one_run_only(tmp_path, monkeypatch):
+    """Two new runs that both found the dead holder's lock: the second must not remove the lock the first has
+    meanwhile written (it used to unlink whatever lay there once the record had been read)."""
+    from common.engine import run_lock
+    from common.engine.run_lock import OutputFolderLock
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    dead = {"pid": _pid_of_a_finished_process(), "host": socket.gethostname(), "started": "earlier"}
+    (folder / LOCK_NAME).write_text(json.dumps(dead))
+    first, second = OutputFolderLock(folder), OutputFolderLock(folder)
+    read, raced = run_lock._read_record, []
+
+    def read_while_the_first_run_takes_over(path):
+        record = read(path)
+        if not raced:  # between the second run's read and what it does next, the first run takes the folder
+            raced.append(True)
+            first._remove_stale(dead)
+            assert first._create()
+        return record
+
+    monkeypatch.setattr(run_lock, "_read_record", read_while_the_first_run_takes_over)
+    second._remove_stale(dead)
+    assert json.loads((folder / LOCK_NAME).read_text()) == first.record  # the first run's lock stands
+    assert [p.name for p in folder.iterdir()] == [LOCK_NAME]
+    first.release()

@@ -288,11 +288,13 @@ def _check_description_data(description: Mapping, path: str | Path | None, bundl
         with bundle_scripts(bundle_root):
             if not isinstance(network, Mapping):
                 raise ConfigurationError(f"network = {network!r} is not a description of a network")
-            described_class(network.get("_target_"), "network", roots=("scripts",))  # this bundle's own class
+            klass = described_class(network.get("_target_"), "network", roots=("scripts",))
+            if not klass.__module__.startswith("scripts.") or klass.__module__.startswith("scripts.tgseg."):
+                raise ConfigurationError(f"network._target_ = {network.get('_target_')!r} is not a class defined by "
+                                         "this bundle (it is shared code that the bundle's package imports)")
             check_description(network, "network")
-            for key, value in description.items():
-                if key != "network":
-                    check_description(value, str(key), classes=False)
+            # every other entry, keys included (a top-level _target_ or _requires_ is refused too)
+            check_description({k: v for k, v in description.items() if k != "network"}, "", classes=False)
     except ConfigurationError as err:
         raise CheckpointError(path, f"refused, nothing was built from it: its description must be plain data naming "
                                     f"this bundle's classes only, and {err}") from None
@@ -354,15 +356,18 @@ def load_model(path: str | None, bundle_root: str, device: str | None = None,
 
 def _load_exported(path: str, bundle_root: str, device: str | None,
                    trust_remote_code: bool | None = None) -> LoadedModel:
-    from .export import read_exported
+    from .export import exported_description, read_exported
 
     if not os.path.isfile(str(path)):
         raise FileNotFoundError(f"exported model {path} does not exist: write one with scripts/export.py")
-    network, description = read_exported(path)
+    description = exported_description(path)  # read and checked before the TorchScript program is loaded
+    if not isinstance(description, Mapping):
+        raise CheckpointError(path, "its description is not a mapping of settings (export it with scripts/export.py)")
     bundle, _ = bundle_identity(bundle_root)
     if description.get("bundle") != bundle:
         raise CheckpointError(path, f"is an export of {summary(description)}; this is the {bundle} bundle")
     _check_description_data(description, path, bundle_root, trust_remote_code)
+    network, description = read_exported(path)
     if device is not None:
         network.to(device)
     return LoadedModel(network, description, str(path))

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import json
 import time
+import zipfile
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -152,6 +153,30 @@ class OnnxNetwork(nn.Module):
         device = next(iter(feeds.values())).device
         arrays = {k: np.ascontiguousarray(v.detach().cpu().numpy()) for k, v in feeds.items() if k in self.names}
         return torch.from_numpy(self.session.run(["pred"], arrays)[0]).to(device)
+
+
+def exported_description(path: str | Path) -> Any:
+    """The description a ``.ts`` or ``.onnx`` file carries, read as data without loading the model (loading
+    TorchScript compiles and runs its code): ``extra/description.json`` of the TorchScript zip archive, or the
+    ONNX file's metadata."""
+    path = Path(path)
+    try:
+        if path.suffix == ".ts":
+            with zipfile.ZipFile(path) as archive:
+                names = [n for n in archive.namelist() if n.endswith("/extra/description.json")]
+                if not names:
+                    raise ValueError("no description in it (export it with scripts/export.py)")
+                return json.loads(archive.read(names[0]))
+        import onnx
+
+        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        if "description" not in props:
+            raise ValueError("no description in its metadata (export it with scripts/export.py)")
+        return json.loads(props["description"])
+    except Exception as err:  # a file that is no export (zip or protobuf errors): say which
+        from common.core.errors import CheckpointError
+
+        raise CheckpointError(path, f"cannot read its description ({err})") from err
 
 
 def read_exported(path: str | Path) -> tuple[nn.Module, dict]:

@@ -97,9 +97,26 @@ class OutputFolderLock:
                 raise CheckpointError(self.folder, _in_use(holder, self.path))
             logger.warning("%s: taking over the lock of process %s on %s (started %s), which is no longer running",
                            self.folder, holder["pid"], holder.get("host"), holder.get("started"))
-            if _read_record(self.path) == holder:  # not meanwhile taken over by another new run
-                self.path.unlink(missing_ok=True)
+            self._remove_stale(holder)
         raise CheckpointError(self.folder, f"other runs keep taking its lock {self.path}: start one run at a time")
+
+    def _remove_stale(self, holder: dict) -> None:
+        """Remove the dead holder's lock, atomically: the lock is renamed to a name of this process's own first,
+        so of two new runs that both found it stale only one gets it; the other finds no file to rename, or a
+        renamed copy that is not the dead holder's (a new run's fresh lock), which goes back in place."""
+        claimed = self.path.with_name(f"{LOCK_NAME}.stale-{os.getpid()}")
+        try:
+            os.rename(self.path, claimed)
+        except FileNotFoundError:
+            return  # the other run renamed it first
+        if _read_record(claimed) == holder:
+            claimed.unlink(missing_ok=True)
+        else:  # a fresh lock written meanwhile: put it back unless yet another one was made since
+            try:
+                os.link(claimed, self.path)
+            except FileExistsError:
+                pass
+            claimed.unlink(missing_ok=True)
 
     def _create(self) -> bool:
         """Create the lock file if there is none (``O_EXCL``: of two runs, exactly one creates it)."""

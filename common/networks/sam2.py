@@ -105,7 +105,8 @@ def _load_vision_model(key: str, value: str):
 
     source = resolve_hf_model(key, value)
     try:
-        model = AutoModel.from_pretrained(source, local_files_only=hub_offline(), dtype=torch.float32)
+        model = AutoModel.from_pretrained(source, local_files_only=hub_offline(), dtype=torch.float32,
+                                          trust_remote_code=False)  # a description never runs a hub repo's code
     except (OSError, ValueError) as err:
         if Path(source).is_dir():
             raise PretrainedWeightsError(key, value, f"SAM2 weights in {source}", str(err).splitlines()[0]) from err
