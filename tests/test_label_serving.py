@@ -20,7 +20,7 @@ sys.modules[_spec.name] = serving  # (dataclasses look their module up)
 _spec.loader.exec_module(serving)
 
 
-@pytest.fixture(params=["tmca", "lsms", "monch", "coseg", "ltse"])
+@pytest.fixture(params=sorted(p.parent.parent.name for p in ROOT.glob("bundles/*/configs/train.yaml")))
 def declared(request):
     return serving.read_serving(ROOT / "bundles" / request.param)
 

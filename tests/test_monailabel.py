@@ -31,6 +31,7 @@ from bundle_runner import bundle, configs, train_args
 from common.data.puma.reader import IMAGES
 
 ROOT = Path(__file__).resolve().parents[1]
+BUNDLES = sorted(p.parent.parent.name for p in ROOT.glob("bundles/*/configs/train.yaml"))
 LABEL_VENV = Path(os.environ.get("TGSEG_LABEL_VENV", ROOT / ".venv-label"))
 LABEL_PY = LABEL_VENV / "bin" / "python"
 TINY_CLIP = ["--image_size", "32", "--clip_model", "null", "--clip_model_cfg",
@@ -126,7 +127,7 @@ def served(tmp_path_factory) -> dict:
             "ltse": build_referring_records(write_sample_bcss(root / "data" / "bcss", n=10, size=128, seed=0),
                                             root / "data" / "bcss_ref", patch_size=64, seed=0, progress=False)}
     bundles = {}
-    for name in ("tmca", "lsms", "monch", "coseg", "ltse"):
+    for name in BUNDLES:  # a bundle without sample data above fails here (KeyError), never silently left out
         out = root / "runs" / name
         if name == "ltse":  # tiny "pretrained" LLaVA folder and SAM file, named by the checkpoint's description
             bundle("training", "--config_file", configs(name), "--records_file", str(data[name]), "--output_dir",
@@ -215,7 +216,7 @@ def server(served):
     root = served["root"]
     studies = root / "studies"
     texts = _tmca_studies(served, studies)
-    bundles = [served["bundles"][n] for n in ("tmca", "lsms", "monch", "coseg", "ltse")]
+    bundles = [served["bundles"][n] for n in BUNDLES]
     srv, handle = _start(studies, root / "app", bundles, root / "server.log")
     srv.update(studies=studies, texts=texts, **served)
     yield srv
@@ -226,7 +227,7 @@ def server(served):
 # ------------------------------------------------------------------------------------------------
 def test_info_lists_every_bundle_with_its_labels_and_prompt_fields(server):
     models = server["info"]["models"]
-    assert set(models) == {"tmca", "lsms", "monch", "coseg", "ltse"}
+    assert set(models) == set(BUNDLES)
     assert models["tmca"]["labels"] == {"target": 1} and models["lsms"]["labels"] == {"lesion": 1}
     assert models["monch"]["labels"] == {"neoplastic": 1, "inflammatory": 2, "connective": 3, "dead": 4, "epithelial": 5}
     # fields a client shows for the person to type into (3D Slicer: the model's options table)
