@@ -45,9 +45,11 @@ class BundleConfig:
     def __init__(self, name: str, files, overrides: dict | None = None):
         from monai.bundle import ConfigParser
 
+        from common.engine.config_files import config_files
+
         self.folder = bundle_folder(name)
         self.parser = ConfigParser()
-        self.parser.read_config([str(self.folder / "configs" / f"{f}.yaml") for f in files])
+        self.parser.read_config([str(f) for f in config_files(self.folder, *files)])
         self.parser.update(overrides or {})
 
     def __getitem__(self, key):

@@ -21,11 +21,11 @@ from _repo import ROOT, bundle_names, read_bundle_config
 from common.core.describe import typed
 from common.core.flags import did_you_mean
 from common.engine.checkpoints import check_demo_may_replace
+from common.engine.config_files import config_file_arg
 
 
 def _configs(bundle: str, *extra: str) -> str:
-    names = ["train", "demo", *extra]
-    return "[" + ",".join(f"'bundles/{bundle}/configs/{n}.yaml'" for n in names) + "]"
+    return config_file_arg(ROOT / "bundles" / bundle, "train", "demo", *extra, relative_to=ROOT)
 
 
 def _run(args: list[str]) -> None:

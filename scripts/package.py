@@ -39,7 +39,10 @@ import yaml
 
 from _repo import ROOT, bundle_folder
 
+from monai.bundle import ConfigParser
+
 from common.core.describe import typed
+from common.engine.config_files import ENGINE_CONFIGS, config_files, engine_config
 from common.engine.checkpoints import check_checkpoint, read_checkpoint
 
 VENDOR = "scripts.tgseg"
@@ -102,7 +105,7 @@ def reached_modules(folder: Path) -> tuple[list[str], set[str]]:
         local, ext = _imports(path, "scripts")
         todo |= local
         external |= ext
-    for path in (folder / "configs").glob("*.yaml"):
+    for path in config_sources(folder):
         text = path.read_text()
         todo |= _config_modules(text)
         external |= {m.split(".")[0] for m in re.findall(r"\$import (\S+)", text)} - set(SHARED) - {"scripts"}
@@ -150,7 +153,7 @@ def requirements(folder: Path, text_tokenizers=()) -> dict[str, str]:
 
     _, external = reached_modules(folder)
     needed = distributions(external - set(CORE))
-    configs_text = " ".join(p.read_text() for p in (folder / "configs").glob("*.yaml"))
+    configs_text = " ".join(p.read_text() for p in config_sources(folder))
     for name in PACKAGED_MODELS:
         if name in configs_text or name in text_tokenizers:
             needed[name] = importlib_metadata.version(name)
@@ -169,6 +172,29 @@ def vendor_python(text: str) -> str:
         text = re.sub(rf"^(\s*)from {package}(\.| import)", rf"\1from {VENDOR}.{package}\2", text, flags=re.M)
         text = re.sub(rf"^(\s*)import {package}\b(?!\.)", rf"\1from {VENDOR} import {package}", text, flags=re.M)
     return text
+
+
+def config_sources(folder: Path) -> list[Path]:
+    """The YAML files a bundle's runs read: its own configs and the engine's."""
+    return sorted((folder / "configs").glob("*.yaml")) + [engine_config(n) for n in ENGINE_CONFIGS]
+
+
+def packaged_configs(folder: Path) -> dict[str, list[Path]]:
+    """``{name: files merged into the zip's configs/<name>.json}``: the engine merged into ``train`` (as
+    ``--config_file`` lists it in the repository), the engine's ``multi_gpu_train``, the bundle's others."""
+    configs = {p.stem: [p] for p in sorted((folder / "configs").glob("*.yaml"))}
+    configs["train"] = config_files(folder, "train")
+    for name in ENGINE_CONFIGS:
+        if name not in configs:
+            configs[name] = [engine_config(name)]
+    return configs
+
+
+def packaged_docs(text: str) -> str:
+    """A model card's commands as they read in the zip: the engine is inside ``configs/train.json``."""
+    text = re.sub(r",\s*'common/engine/train\.yaml'", "", text)
+    text = text.replace("common/engine/multi_gpu_train.yaml", "configs/multi_gpu_train.yaml")
+    return re.sub(r"(?:bundles/\w+/)?configs/(\w+)\.yaml", r"configs/\1.json", text)
 
 
 def vendor_config(config):
@@ -223,9 +249,9 @@ def stage(bundle: str, target: Path, model: str | None = None, max_zip_mb: float
     shutil.copytree(folder, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "models", "configs"))
     (target / "__init__.py").unlink(missing_ok=True)  # the repository's test imports need it, a bundle does not
     (target / "configs").mkdir()
-    for source in sorted((folder / "configs").glob("*.yaml")):
-        config = vendor_config(yaml.safe_load(source.read_text()))
-        (target / "configs" / f"{source.stem}.json").write_text(json.dumps(config, indent=2) + "\n")
+    for name, sources in packaged_configs(folder).items():
+        config = vendor_config(ConfigParser.load_config_files([str(s) for s in sources]))
+        (target / "configs" / f"{name}.json").write_text(json.dumps(config, indent=2) + "\n")
     shutil.copy(folder / "configs" / "logging.conf", target / "configs" / "logging.conf")
     for path in (target / "scripts").rglob("*.py"):
         path.write_text(vendor_python(path.read_text()))
@@ -242,7 +268,7 @@ def stage(bundle: str, target: Path, model: str | None = None, max_zip_mb: float
     # docs name the JSON configs of the package
     readme = target / "docs" / "README.md"
     if readme.is_file():
-        readme.write_text(re.sub(r"configs/(\w+)\.yaml", r"configs/\1.json", readme.read_text()))
+        readme.write_text(packaged_docs(readme.read_text()))
 
     meta = json.loads((folder / "configs" / "metadata.json").read_text())
     tokenizers = []

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from common.engine.config_files import config_file_arg
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -28,9 +30,8 @@ def bundle(*args, cwd=ROOT, check=True, torchrun=False, port=29533, timeout=600)
 
 
 def configs(name: str, *files: str) -> str:
-    """The ``--config_file`` value for a bundle's ``train.yaml`` + ``demo.yaml`` + ``files``."""
-    folder = ROOT / "bundles" / name / "configs"
-    return "[" + ",".join(f"'{folder / f}.yaml'" for f in ("train", "demo", *files)) + "]"
+    """The ``--config_file`` value for a bundle's ``train.yaml`` (with the engine) + ``demo.yaml`` + ``files``."""
+    return config_file_arg(ROOT / "bundles" / name, "train", "demo", *files)
 
 
 def inference_config(name: str) -> str:

@@ -12,6 +12,7 @@ import torch
 from monai.bundle import ConfigParser
 
 from common.core.describe import bundle_scripts
+from common.engine.config_files import config_files
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CLIP = ("$common.networks.clip_encoders.tiny_clip_config(image_size=32, patch_size=8, width=32, layers=1, "
@@ -49,7 +50,7 @@ SWITCHES = [
 def build(bundle: str, overrides: dict):
     folder = ROOT / "bundles" / bundle
     parser = ConfigParser()
-    parser.read_config([str(folder / "configs" / "train.yaml"), str(folder / "configs" / "demo.yaml")])
+    parser.read_config([str(f) for f in config_files(folder, "train", "demo")])
     parser.update({**SMALL[bundle], "dataset_dir": "unused", **overrides})
     with bundle_scripts(folder):
         torch.manual_seed(0)

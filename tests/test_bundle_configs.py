@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import sys
 from pathlib import Path
 
 import pytest
@@ -56,24 +57,49 @@ def test_a_class_default_and_its_config_value_are_the_same(bundle):
     assert checked > 3
 
 
-ENGINE = ("validation", "train", "validate", "training", "run")
+ENGINE_DIR = ROOT / "common" / "engine"
 
 
-def test_the_engine_sections_are_the_same_in_every_bundle():
-    """Each bundle stays a standalone MONAI bundle (the model-zoo convention: no shared base file), so the
-    engine sections are written out in each train.yaml; this test keeps the copies identical."""
-    configs = {b: yaml.safe_load((ROOT / "bundles" / b / "configs" / "train.yaml").read_text()) for b in BUNDLES}
-    reference = configs[BUNDLES[0]]
-    for bundle, config in configs.items():
-        for key in ENGINE:
-            assert config.get(key) == reference.get(key), f"{bundle}: {key} differs from {BUNDLES[0]}'s"
-    def overlay(bundle):  # the multi-GPU overlay without comments; LSMS also converts BatchNorm to SyncBatchNorm
-        text = (ROOT / "bundles" / bundle / "configs" / "multi_gpu_train.yaml").read_text()
-        return [l.replace("@sync_network_def", "@network_def") for l in text.splitlines()
-                if l and not l.startswith("#") and not l.startswith("sync_network_def")]
+def _ids_referenced(node) -> set[str]:
+    import re
 
+    if isinstance(node, dict):
+        return set().union(set(), *(_ids_referenced(v) for v in node.values()))
+    if isinstance(node, list):
+        return set().union(set(), *(_ids_referenced(v) for v in node))
+    if isinstance(node, str):
+        return {m.split("#")[0] for m in re.findall(r"@([A-Za-z_][\w#]*)", node)}
+    return set()
+
+
+def test_the_engine_is_written_once():
+    """The engine (trainer, handlers, checkpoints, levers) is common/engine/train.yaml, merged after a bundle's
+    train.yaml: a bundle that defined one of its ids would have it replaced without a word, and a bundle's
+    own multi_gpu_train.yaml would be a second copy. Every id the engine uses and does not define is one that
+    each bundle defines (the bundle's side of the contract)."""
+    engine = yaml.safe_load((ENGINE_DIR / "train.yaml").read_text())
+    multi_gpu = yaml.safe_load((ENGINE_DIR / "multi_gpu_train.yaml").read_text())
+    needed = (_ids_referenced(engine) | _ids_referenced(multi_gpu)) - set(engine) - set(multi_gpu) - {"_meta_"}
+    assert {"network_def", "loss", "optimizer", "train_transforms", "model_description"} <= needed
     for bundle in BUNDLES:
-        assert overlay(bundle) == overlay(BUNDLES[0]), bundle
+        configs = ROOT / "bundles" / bundle / "configs"
+        own = yaml.safe_load((configs / "train.yaml").read_text())
+        assert not set(own) & set(engine), f"{bundle}'s train.yaml redefines engine ids {sorted(set(own) & set(engine))}"
+        assert not (configs / "multi_gpu_train.yaml").exists(), bundle
+        assert needed <= set(own), f"{bundle}'s train.yaml lacks {sorted(needed - set(own))}, which the engine uses"
+        assert len((configs / "train.yaml").read_text().splitlines()) < 230, bundle
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_a_bundle_and_the_engine_parse_as_one_config(bundle):
+    """The merged config (as ``--config_file "['bundles/<b>/configs/train.yaml','common/engine/train.yaml']"``
+    reads it) builds the bundle's network through the engine's ``network`` and holds the engine's trainer."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from _repo import read_bundle_config
+
+    config = read_bundle_config(bundle, ("train", "demo"), {"device": "cpu"})
+    assert config["train"]["trainer"]["_target_"] == "common.engine.trainer.TextGuidedTrainer"
+    assert config["network_def"]["_target_"].startswith("scripts.")
 
 
 @pytest.mark.parametrize("bundle", BUNDLES)

@@ -13,6 +13,7 @@ from common.core.describe import bundle_scripts
 from common.core.errors import CheckpointError
 from common.data.synthetic.sample_datasets import write_sample_dataset
 from common.engine.checkpoints import ModelDescription, load_model
+from common.engine.config_files import config_files
 
 ROOT = Path(__file__).resolve().parents[1]
 TMCA, LSMS = ROOT / "bundles" / "tmca", ROOT / "bundles" / "lsms"
@@ -20,7 +21,7 @@ TMCA, LSMS = ROOT / "bundles" / "tmca", ROOT / "bundles" / "lsms"
 
 def train_in_process(folder: Path, data: Path, out: Path, **overrides):
     """``training`` of a bundle in this process (as ``monai.bundle run`` does), returning the workflow."""
-    configs = [str(folder / "configs" / "train.yaml"), str(folder / "configs" / "demo.yaml")]
+    configs = [str(f) for f in config_files(folder, "train", "demo")]
     settings = dict(dataset_dir=str(data), output_dir=str(out), epochs=1, batch_size=4, limit=4, num_workers=0,
                     progress_bar=False, image_size=64, **overrides)
     with bundle_scripts(folder):

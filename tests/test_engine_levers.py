@@ -12,6 +12,7 @@ from monai.transforms import Compose, Lambdad, RandFlipd, ToDeviced
 
 from common.core.errors import ConfigurationError
 from common.engine.device_data import dataloader, to_device
+from common.engine.config_files import config_files
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -228,7 +229,7 @@ def test_monchs_data_is_cached_on_the_device_for_either_reader(tmp_path, dataset
         for split in ("train", "val"):
             (data / f"{split}.json").write_text(json.dumps(records))
     parser = ConfigParser()
-    parser.read_config([str(folder / "configs" / "train.yaml"), str(folder / "configs" / "demo.yaml")])
+    parser.read_config([str(f) for f in config_files(folder, "train", "demo")])
     parser.update({"dataset_dir": str(data), "dataset_format": dataset_format, "data_on_device": True,
                    "cache_rate": 1.0, "device": "cpu", "image_size": 32})
     with bundle_scripts(folder):

@@ -19,6 +19,7 @@ from common.data.referring_ct.synthetic import write_sample_ct
 from transforms.referring import LoadReferringSliced, SelectLesiond
 from transforms.volumes import slice_into_volume
 from transforms.text import ShuffleTexts, keep_words
+from common.engine.config_files import config_files
 
 SPACING = (0.5, 0.5, 2.0)
 
@@ -312,7 +313,7 @@ def test_lsms_token_budget_keeps_the_whole_expression(tmp_path, caplog):
     records = build_datalist("refct", tmp_path / "ds", "train")
     parser = ConfigParser()
     configs = Path(__file__).resolve().parents[1] / "bundles" / "lsms" / "configs"
-    parser.read_config([str(configs / "train.yaml"), str(configs / "demo.yaml")])
+    parser.read_config([str(f) for f in config_files(configs.parent, "train", "demo")])
     parser.update({"dataset_dir": str(tmp_path / "ds"), "check_files": False})
     with caplog.at_level(logging.INFO, logger="transforms.text"):
         budget = parser.get_parsed_content("text_tokens")

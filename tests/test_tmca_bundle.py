@@ -10,6 +10,7 @@ import torch
 import yaml
 from PIL import Image
 
+from common.engine.config_files import config_file_arg
 from bundle_runner import bundle, configs, eval_args, inference_config, train_args, trained_model
 from common.data.synthetic.sample_datasets import write_sample_dataset
 
@@ -112,7 +113,7 @@ def test_the_kvasir_budget_recipe_stops_at_its_budget_with_a_validated_model(dat
     """kvasir_budget.yaml (every lever, GPU-style augmentation with prompt-aware flips, a wall-clock budget)
     resolves and trains on CPU at a small size; the epoch the budget ends in is validated and the run stops."""
     out = tmp_path / "budget"
-    proc = bundle("training", "--config_file", str([str(CONFIGS / "train.yaml"), str(CONFIGS / "kvasir_budget.yaml")]),
+    proc = bundle("training", "--config_file", config_file_arg(ROOT / "bundles" / "tmca", "train", "kvasir_budget"),
                   "--dataset_dir", str(data), "--output_dir", str(out), "--image_size", "64", "--image_encoder",
                   "convnext_atto", "--batch_size", "4", "--compile", "false", "--precision", "fp32", "--channels_last",
                   "false", "--time_budget_s", "4", "--val_interval", "1")
@@ -196,9 +197,10 @@ def test_inference_config_holds_no_architecture_and_metadata_is_complete():
     infer = yaml.safe_load((CONFIGS / "inference.yaml").read_text())
     architecture = {v[1:] for v in train["network_def"].values() if isinstance(v, str) and v.startswith("@")}
     assert architecture and not architecture & set(infer)
-    for key in ("dataset_dir", "output_dir", "epochs", "batch_size", "learning_rate", "device"):
+    for key in ("dataset_dir", "output_dir", "epochs", "batch_size", "learning_rate"):
         assert key in train, key
-    assert "training" in train and "run" in train
+    engine = yaml.safe_load((ROOT / "common" / "engine" / "train.yaml").read_text())
+    assert "training" in engine and "run" in engine and not {"training", "run"} & set(train)
     meta = json.loads((CONFIGS / "metadata.json").read_text())
     for key in ("version", "changelog", "monai_version", "pytorch_version", "numpy_version", "task", "description",
                 "authors", "copyright", "network_data_format"):

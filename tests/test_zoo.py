@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from bundle_runner import ROOT, bundle, configs, train_args
+from common.engine.config_files import config_file_arg
 from common.data.bcss.referring import build_referring_records
 from common.data.bcss.synthetic import write_sample_bcss
 from common.data.pannuke.synthetic import write_sample_pannuke
@@ -105,7 +106,7 @@ def test_net_in_out_verifies_with_the_documented_command(name):
     env = dict(ENV, PYTHONPATH=f"bundles/{name}")
     proc = python("-m", "monai.bundle", "verify_net_in_out", "verification_network", "--meta_file",
                   f"bundles/{name}/configs/metadata.json", "--config_file",
-                  f"['bundles/{name}/configs/train.yaml','bundles/{name}/configs/demo.yaml']", "--device", "cpu", env=env)
+                  config_file_arg(ROOT / "bundles" / name, "train", "demo", relative_to=ROOT), "--device", "cpu", env=env)
     assert "data shape of network is verified with no error" in proc.stdout + proc.stderr
 
 

@@ -41,6 +41,7 @@ from monailabel.utils.others.generic import name_to_device
 
 from common.core.config import finish_pool_threads
 from common.core.describe import bundle_scripts
+from common.engine.config_files import config_files
 
 from .promotion import key_metric, promote_if_better, promote_mode
 from .serving import Serving, partition_by_image, read_texts, training_records
@@ -48,14 +49,6 @@ from .serving import Serving, partition_by_image, read_texts, training_records
 logger = logging.getLogger(__name__)
 
 RUN_FOLDER = ("runs", "monailabel")
-
-
-def _config(bundle: Path, name: str) -> str | None:
-    for ext in ("yaml", "json"):
-        path = bundle / "configs" / f"{name}.{ext}"
-        if path.is_file():
-            return str(path)
-    return None
 
 
 def first_failure(output: str, lines: int = 40) -> str:
@@ -155,11 +148,7 @@ class FinetuneBundleTrainTask(BundleTrainTask):
     def config_files(self, request, multi_gpu: bool) -> list[str]:
         names = ["train", *(["multi_gpu_train"] if multi_gpu else []),
                  *(["finetune"] if self._pretrained(request) else []), "monailabel"]
-        files = [_config(self.serving.bundle, n) for n in names]
-        missing = [n for n, f in zip(names, files) if f is None]
-        if missing:
-            raise FileNotFoundError(f"{self.serving.bundle}/configs has no {missing} (.yaml or .json)")
-        return files
+        return [str(f) for f in config_files(self.serving.bundle, *names)]
 
     # ---------------------------------------------------------------------------------------------
     def __call__(self, request, datastore: Datastore):
