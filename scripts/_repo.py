@@ -40,7 +40,11 @@ def metadata(name: str) -> dict:
 
 
 class BundleConfig:
-    """A bundle's merged configs, parsed with its own ``scripts`` package (as ``monai.bundle run`` does)."""
+    """A bundle's merged configs as its files say, parsed with its own ``scripts`` package (as ``monai.bundle
+    run`` does): where they say ``scripts`` (``$import scripts``, ``_target_: scripts.network.TMCA``) the parsed
+    config names the bundle's package as this process imported it (``bundles.tmca.scripts``,
+    :func:`transforms.base.describe.bundle_config`), so several bundles' configs are parsed in one process side
+    by side and no module is swapped."""
 
     def __init__(self, name: str, files, overrides: dict | None = None):
         from monai.bundle import ConfigParser
@@ -59,10 +63,13 @@ class BundleConfig:
         return key in self.parser
 
     def get_parsed_content(self, key: str, **kwargs):
-        from common.core.describe import bundle_scripts
+        """``key`` built from the config as it reads now, with ``scripts`` naming the bundle's package."""
+        from monai.bundle import ConfigParser
 
-        with bundle_scripts(self.folder):
-            return self.parser.get_parsed_content(key, **{"lazy": False, **kwargs})
+        from transforms.base.describe import bundle_config
+
+        parser = ConfigParser(bundle_config(self.parser.get(), self.folder))
+        return parser.get_parsed_content(key, **{"lazy": False, **kwargs})
 
 
 def read_bundle_config(name: str, files=("train",), overrides: dict | None = None) -> BundleConfig:
@@ -80,7 +87,7 @@ def run_cli(main: Callable) -> None:
     otherwise print what is wrong and exit with status 2 before any work."""
     import fire
 
-    from common.core.errors import ConfigurationError
+    from transforms.base.errors import ConfigurationError
 
     try:
         check_flags(main, sys.argv[1:])
@@ -99,7 +106,7 @@ def check_flags(main: Callable, args: Sequence[str]) -> None:
     afterwards), and so would a value no argument is left for. ``-h``/``--help`` and fire's own flags after
     a lone ``--`` pass.
     """
-    from common.core.errors import ConfigurationError
+    from transforms.base.errors import ConfigurationError
     from common.core.flags import NOTHING_RUN, did_you_mean
 
     parameters = inspect.signature(main).parameters.values()

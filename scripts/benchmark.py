@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 
 from _repo import bundle_names, metadata, read_bundle_config
-from common.core.describe import bundle_scripts, typed
+from transforms.base.describe import typed
 from common.networks.text_encoders import remember_host_text
 
 SETTINGS = ("fp32", "bf16", "fp32+compile", "bf16+compile", "all")
@@ -62,7 +62,7 @@ def _random_bert(tokenizer: str, out_dir: Path) -> str:
     """A BERT-base (12 layers, 768 wide) with random weights and ``tokenizer``'s vocabulary, saved to ``out_dir``."""
     from transformers import BertConfig, BertModel
 
-    from common.core.pretrained import load_tokenizer
+    from transforms.base.pretrained import load_tokenizer
 
     tok = load_tokenizer("tokenizer", tokenizer)
     torch.manual_seed(0)
@@ -93,13 +93,12 @@ def _without_pretrained_sources(config):
 def _network(cfg, device):
     """The bundle's ``network_def`` built with random weights (no download). The bundle's own config is built
     with MONAI's parser, as ``monai.bundle run`` builds it (``_disabled_`` parts and all); only a checkpoint's
-    description goes through the data-only builder (:func:`common.core.describe.instantiate`)."""
+    description goes through the data-only builder (:func:`transforms.base.describe.instantiate`)."""
     from monai.bundle import ConfigParser
 
-    resolved = cfg.get_parsed_content("network_def", instantiate=False)
-    with bundle_scripts(cfg.folder):
-        offline = _without_pretrained_sources(resolved)
-        return ConfigParser({"network": offline}).get_parsed_content("network").to(device)
+    resolved = cfg.get_parsed_content("network_def", instantiate=False)  # targets name the bundle's package
+    offline = _without_pretrained_sources(resolved)
+    return ConfigParser({"network": offline}).get_parsed_content("network").to(device)
 
 
 def _batch(cfg, spec: dict, batch_size: int, image_size: int, device: torch.device):

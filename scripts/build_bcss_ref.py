@@ -20,7 +20,7 @@ import logging
 
 import _repo  # noqa: F401  (puts the repository root on sys.path)
 
-from common.core.describe import typed
+from transforms.base.describe import typed
 from common.data.bcss.referring import build_referring_records
 
 

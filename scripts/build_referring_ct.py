@@ -22,7 +22,7 @@ dataset is written beside it and takes its name only when complete, so a failed 
 import _repo  # noqa: F401  (puts the repository root on sys.path)
 
 from transforms.volumes import ABDOMINAL_WINDOW
-from common.core.describe import typed
+from transforms.base.describe import typed
 from common.data.referring_ct.builder import build_referring_dataset, check_build_settings, find_pairs
 
 

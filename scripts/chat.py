@@ -19,8 +19,8 @@ from pathlib import Path
 
 import _repo  # noqa: F401  (puts the repository root on sys.path)
 
-from common.core.describe import typed
-from common.core.errors import DatasetError
+from transforms.base.describe import typed
+from transforms.base.errors import DatasetError
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,8 +4,9 @@
     python scripts/demo.py --bundle lsms         # any bundle with a configs/demo.yaml
     python scripts/demo.py --epochs 5            # shorter
 
-Everything a bundle's demo needs is in its ``configs/demo.yaml``: the small network, the sample data
-(written on first use), and ``demo_record``, the test record inference runs on. Every step is the
+A bundle's demo trains its ``tiny`` model size (``configs/tiny.yaml``: the small network, which the tests use
+too) with its ``configs/demo.yaml``: the sample data (written on first use), the schedule, and ``demo_record``,
+the test record inference runs on (train + engine + tiny + demo). Every step is the
 bundle command a user would type; each is printed before it runs.
 """
 
@@ -18,14 +19,17 @@ import time
 
 from _repo import ROOT, bundle_names, read_bundle_config
 
-from common.core.describe import typed
+from transforms.base.describe import typed
 from common.core.flags import did_you_mean
 from common.engine.checkpoints import check_demo_may_replace
 from common.engine.config_files import config_file_arg
 
 
+DEMO_CONFIGS = ("train", "tiny", "demo")  # the engine is merged after train.yaml (config_files)
+
+
 def _configs(bundle: str, *extra: str) -> str:
-    return config_file_arg(ROOT / "bundles" / bundle, "train", "demo", *extra, relative_to=ROOT)
+    return config_file_arg(ROOT / "bundles" / bundle, *DEMO_CONFIGS, *extra, relative_to=ROOT)
 
 
 def _run(args: list[str]) -> None:
@@ -69,11 +73,11 @@ def main(bundle: str = "tmca", epochs: int | None = None, dataset_dir: str | Non
     _run(py + ["training", "--config_file", _configs(bundle)] + epochs_arg + common)
     _run(py + ["evaluating", "--config_file", _configs(bundle, "evaluate")] + common)
     overrides = {"dataset_dir": dataset_dir} if dataset_dir else {}
-    demo = read_bundle_config(bundle, ["train", "demo"], overrides)
+    demo = read_bundle_config(bundle, DEMO_CONFIGS, overrides)
     record = demo.get_parsed_content("demo_record")
     # settings of inference.yaml the demo's data needs (e.g. Co-Seg's post-processing at its small scale)
     extra = demo.get_parsed_content("inference_overrides") if "inference_overrides" in demo else {}
-    _run(py + ["inferring", "--config_file", f"bundles/{bundle}/configs/inference.yaml",
+    _run(py + ["inferring", "--config_file", config_file_arg(ROOT / "bundles" / bundle, "inference", relative_to=ROOT),
                "--checkpoint", f"{output_dir}/models/model.pt", "--output_dir", f"{output_dir}/infer",
                *inference_arguments(record), *[a for k, v in extra.items() for a in (f"--{k}", str(v))]])
     out = ROOT / output_dir

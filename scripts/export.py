@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from _repo import bundle_folder, metadata
-from common.core.describe import typed
+from transforms.base.describe import typed
 from common.engine.checkpoints import check_checkpoint, load_model, read_checkpoint
 from common.engine.export import (example_inputs, latency_ms, max_difference, read_exported, to_onnx, to_torchscript,
                                   why_not_exportable)
@@ -49,7 +49,7 @@ def main(bundle: str, checkpoint: str, out_dir: str | None = None, formats=("tor
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = None
     if description.get("settings", {}).get("text"):
-        from common.core.pretrained import load_tokenizer
+        from transforms.base.pretrained import load_tokenizer
 
         text = description["settings"]["text"]
         tokenizer = str(out / "tokenizer")

@@ -32,7 +32,6 @@ from pathlib import Path
 import torch
 
 from _repo import read_bundle_config
-from common.core.describe import bundle_scripts
 
 SETTINGS = ("fp32", "bf16", "bf16+checkpointing", "4bit+checkpointing")
 PARTS = (  # (name, test on a parameter name), first match wins
@@ -76,8 +75,7 @@ def _overrides(size: str, folder: Path, llava: str | None, setting: str, device:
 
 
 def _network(cfg):
-    with bundle_scripts(cfg.folder):
-        return cfg.get_parsed_content("network_def")
+    return cfg.get_parsed_content("network_def")  # read_bundle_config names the bundle's own package
 
 
 def count_parameters(cfg, on_meta: bool = True) -> list[dict]:

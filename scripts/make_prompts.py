@@ -35,8 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common.core.describe import typed
-from common.core.errors import DatasetError
+from transforms.base.describe import typed
+from transforms.base.errors import DatasetError
 from common.core.flags import check_choice
 from common.data.datalist import mask_threshold
 from common.data.file_reading import read_image, read_json

@@ -18,7 +18,7 @@ score well.
 
 import _repo  # noqa: F401  (puts the repository root on sys.path)
 
-from common.core.describe import typed
+from transforms.base.describe import typed
 from common.core.flags import check_choice, check_range
 from common.data.bcss.synthetic import write_sample_bcss
 from common.data.pannuke.synthetic import write_sample_pannuke

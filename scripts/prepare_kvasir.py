@@ -31,8 +31,8 @@ import shutil
 from pathlib import Path
 
 
-from common.core.describe import typed
-from common.core.errors import DatasetError
+from transforms.base.describe import typed
+from transforms.base.errors import DatasetError
 from common.core.flags import check_range
 from common.data.file_reading import read_image, read_json
 from common.data.output_folder import staged_folder

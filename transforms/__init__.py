@@ -1,5 +1,10 @@
-"""Shared MONAI dictionary transforms (``...d``) for the text-guided bundles."""
+"""Shared MONAI dictionary transforms (``...d``) for the text-guided bundles, and the ground floor of all the
+shared code, :mod:`transforms.base` (errors, typed and self-describing construction, pretrained loading).
 
+Nothing here imports :mod:`common` (which reads its files with these transforms) or a bundle.
+"""
+
+from . import base, checks, flip, geojson, image, io, masks, pannuke, puma, referring, text, volumes
 from .checks import CheckSameSized
 from .flip import RandFlipWithTextd
 from .image import EnsureChannelsd
@@ -21,14 +26,3 @@ __all__ = [
     "ShuffleTexts",
     "TokenizeTextd",
 ]
-
-_MODULES = ("checks", "flip", "geojson", "image", "io", "masks", "pannuke", "puma", "referring", "text", "volumes")
-
-
-def __getattr__(name):
-    """``transforms.puma`` and the other modules load when a config first names them."""
-    if name in _MODULES:
-        import importlib
-
-        return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

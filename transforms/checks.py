@@ -6,7 +6,7 @@ from typing import Hashable, Mapping
 
 from monai.transforms import MapTransform
 
-from common.core.errors import DatasetError
+from transforms.base.errors import DatasetError
 
 
 def _source(value, data: Mapping, key: str) -> str:

@@ -7,7 +7,7 @@ every hole. Where polygons overlap, the **smaller** one wins: features are drawn
 file order, so a region annotated inside another stays visible and a pixel claimed by two nuclei goes to
 the smaller one, whatever order the file lists them in.
 
-Bad files raise a :class:`~common.core.errors.DatasetError` naming the file and the feature: not JSON,
+Bad files raise a :class:`~transforms.base.errors.DatasetError` naming the file and the feature: not JSON,
 not a FeatureCollection, a geometry other than (Multi)Polygon, a ring that is not closed or has fewer
 than four positions, a class name outside the table, coordinates outside the image (by more than
 :data:`TOLERANCE` pixels), a missing file.
@@ -22,7 +22,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from common.core.errors import DatasetError
+from transforms.base.errors import DatasetError
 
 TOLERANCE = 1.0  # pixels a vertex may lie outside the image (annotation tools snap to the border)
 

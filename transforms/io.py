@@ -10,7 +10,7 @@ from monai.config import KeysCollection
 from monai.data import PILReader
 from monai.transforms import LoadImage, MapTransform
 
-from common.core.errors import DatasetError
+from transforms.base.errors import DatasetError
 
 # 2-D raster formats read with PIL in (row, column) order, i.e. as they are viewed
 PIL_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")

@@ -8,7 +8,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from common.core.errors import DatasetError
+from transforms.base.errors import DatasetError
 
 from .image import without_alpha
 

@@ -9,7 +9,7 @@ from typing import Hashable, Mapping
 import numpy as np
 from monai.transforms import Transform
 
-from common.core.errors import DatasetError
+from transforms.base.errors import DatasetError
 
 
 def load_npy(path: Path, mmap: bool = True) -> np.ndarray:

@@ -11,7 +11,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-from common.core.errors import DatasetError
+from transforms.base.errors import DatasetError
 from transforms.volumes import ABDOMINAL_WINDOW, load_volume, to_display, window
 
 from .io import PIL_EXTENSIONS, LoadImageSafed

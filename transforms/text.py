@@ -12,9 +12,9 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable
 
-from common.core.describe import configurable, typed
-from common.core.errors import DatasetError
-from common.core.pretrained import load_tokenizer
+from transforms.base.describe import configurable, typed
+from transforms.base.errors import DatasetError
+from transforms.base.pretrained import load_tokenizer
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from common.core.errors import DatasetError
+from transforms.base.errors import DatasetError
 
 ABDOMINAL_WINDOW = (-160.0, 240.0)  # level 40 HU, width 400 HU
 

@@ -1,13 +1,6 @@
-"""The core: errors with file and key names, command-line values, pretrained-weight resolution,
-and self-describing construction. Imports nothing else of the project.
+"""The command line of a bundle run (:mod:`.config`: its check, and the one-line summary of a failed run)
+and the checks of a tool's flags (:mod:`.flags`); which ids a run of a merged config reads (:mod:`.config_ids`). Errors and value coercion lie below, in
+:mod:`transforms.base`.
 """
 
-import importlib
-
-__all__ = ['config', 'describe', 'errors', 'flags', 'pretrained']
-
-
-def __getattr__(name):
-    if name in __all__:
-        return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+from . import config, config_ids, flags

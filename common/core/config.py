@@ -1,11 +1,10 @@
-"""Values given on the command line: their coercion, and the check of the command line itself.
+"""The command line of a bundle run, and what a failed run prints.
 
-``python -m monai.bundle run ... --use_ltem false --limit null`` passes the
-strings ``"false"`` and ``"null"`` (fire only converts Python literals such as
-``False``/``None``). :mod:`common.core.describe` applies these helpers where config
-values enter typed constructors; a few config expressions use them directly.
-:func:`check_command_line` refuses overrides that would be ignored (a typo) or that
-cannot apply (an architecture setting at evaluation).
+:func:`check_command_line` refuses overrides that would be ignored (a typo) or that cannot apply (an
+architecture setting at evaluation); :func:`summary_line` and :func:`install_error_summary` end a failed
+run with one line naming the file or key. Config expressions read command-line values with
+``common.core.config.as_bool`` and ``as_optional`` (:mod:`transforms.base.values`, where the typed
+constructors of :mod:`transforms.base.describe` read them too).
 """
 
 from __future__ import annotations
@@ -14,33 +13,13 @@ import ast
 import re
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
-from .errors import CheckpointError, ConfigurationError, DatasetError, PretrainedWeightsError
+from transforms.base.errors import CheckpointError, ConfigurationError, DatasetError, PretrainedWeightsError
+from transforms.base.values import as_bool, as_optional  # noqa: F401  (config expressions call them here)
+
+from .config_ids import unread_overrides
 from .flags import did_you_mean
-
-_TRUE = {"true", "yes", "on", "1"}
-_FALSE = {"false", "no", "off", "0", "none", "null", ""}
-
-
-def as_bool(value) -> bool:
-    """``True``/``False`` for bools, numbers and strings such as ``"false"``, ``"yes"``, ``"0"``."""
-    if isinstance(value, str):
-        v = value.strip().lower()
-        if v in _TRUE:
-            return True
-        if v in _FALSE:
-            return False
-        raise ValueError(f"cannot read {value!r} as true/false")
-    return bool(value)
-
-
-def as_optional(value):
-    """``None`` for ``None``, ``"null"``, ``"none"`` and ``""``; the value otherwise."""
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("null", "none", "")):
-        return None
-    return value
-
 
 # ---------------------------------------------------------------------------------------------
 # the command line of `python -m monai.bundle run`
@@ -148,6 +127,21 @@ def check_command_line(frozen_sections: Sequence[str] = (), argv: Sequence[str] 
                     f"--{key}: {run_id or 'this run'} builds the network from the checkpoint's own description, so "
                     f"{key.split('#')[0]} is what the model was trained with and cannot change here. Train a model "
                     f"with that setting to evaluate it. Nothing was run.")
+    _refuse_unread(files, run_id or "run", overrides, training_ids)
+
+
+def _refuse_unread(files: Sequence[Path], run_id: str, overrides: Mapping, training_ids: set) -> None:
+    """Refuse an override of an id that the run never reads (``--epochs`` for ``inferring``, which merges the
+    bundle's train.yaml for its transforms; ``--image_size`` there, where the checkpoint's processor decides):
+    MONAI would take it and run without it."""
+    for key in unread_overrides(files, run_id, overrides):
+        top = key.split("#")[0]
+        if top in training_ids and run_id != "training":
+            why = (f"--{top} is a training setting, which {run_id} does not read: it builds the network and its "
+                   "processor from the checkpoint, which carries the settings it was trained with.")
+        else:
+            why = f"--{key} is not read by {run_id} (nothing it runs uses it), so it would be ignored."
+        raise ConfigurationError(f"{why} Nothing was run.")
 
 
 def exception_chain(error: BaseException) -> list[BaseException]:
@@ -168,7 +162,9 @@ def root_cause(error: BaseException) -> BaseException:
 # errors whose message names the file or setting to fix: the summary line prefers them to what they wrap
 NAMED_ERRORS = (DatasetError, CheckpointError, ConfigurationError, PretrainedWeightsError)
 WORKER_TRACEBACK = "Original Traceback"  # torch's DataLoader re-raises a worker's error as text
-NAMED_ERROR_LINE = re.compile(r"^common\.core\.errors\.(\w+): (.+)$", re.MULTILINE)
+# a named error as a traceback's last line prints it (``transforms.base.errors.DatasetError: ...``, or the
+# vendored ``scripts.tgseg.transforms.base.errors...`` of a packaged bundle)
+NAMED_ERROR_LINE = re.compile(rf"^(?:\w+\.)*errors\.({'|'.join(e.__name__ for e in NAMED_ERRORS)}): (.+)$", re.MULTILINE)
 
 
 def summary_line(error: BaseException) -> str:

@@ -1,7 +1,7 @@
 """Checks of the values a user gives a command-line tool, made before the tool does any work.
 
 A value out of its range (``--patch_size 0``, ``--absent_prob 2.0``), or a name that is not one of the known
-ones (``--datasets kvasr``), raises :class:`~common.core.errors.ConfigurationError` naming the flag, what it
+ones (``--datasets kvasr``), raises :class:`~transforms.base.errors.ConfigurationError` naming the flag, what it
 takes and, for a name, the closest known ones (the "did you mean" of the bundles' command-line check,
 :func:`common.core.config.check_command_line`).
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 from typing import Iterable
 
-from .errors import ConfigurationError
+from transforms.base.errors import ConfigurationError
 
 NOTHING_RUN = "Nothing was run."
 

@@ -10,7 +10,7 @@
   to the file), for anything else.
 
 Every row of a text file must resolve to an existing image and mask; anything that does not
-raises :class:`~common.core.errors.DatasetError` naming the file, and no sample is dropped
+raises :class:`~transforms.base.errors.DatasetError` naming the file, and no sample is dropped
 silently. ``check_files`` additionally opens each image and mask header to catch unreadable
 files and size mismatches before training.
 """
@@ -21,8 +21,8 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from common.core.describe import typed
-from common.core.errors import DatasetError
+from transforms.base.describe import typed
+from transforms.base.errors import DatasetError
 
 from .file_reading import read_json_lines
 from .files import IMAGE_SUFFIXES, find_file, read_csv_rows

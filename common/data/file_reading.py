@@ -1,5 +1,5 @@
 """Reading a stranger's JSON, JSONL and image files: a file that cannot be read raises
-:class:`~common.core.errors.DatasetError` naming the file (and, for JSON, the line), not a bare
+:class:`~transforms.base.errors.DatasetError` naming the file (and, for JSON, the line), not a bare
 ``JSONDecodeError`` or ``OSError`` that leaves the user guessing which of many files is broken."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from common.core.errors import DatasetError
+from transforms.base.errors import DatasetError
 
 
 def read_text(path: str | Path) -> str:

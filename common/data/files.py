@@ -6,7 +6,7 @@ import csv
 from pathlib import Path
 from typing import Sequence
 
-from common.core.errors import DatasetError
+from transforms.base.errors import DatasetError
 
 SPLITS = ("train", "val", "test")
 

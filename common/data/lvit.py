@@ -15,7 +15,7 @@ import logging
 import math
 from pathlib import Path
 
-from common.core.errors import DatasetError
+from transforms.base.errors import DatasetError
 
 from .files import IMAGE_SUFFIXES, SPLITS, find_file, first_existing, read_csv_rows
 

@@ -48,7 +48,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from common.core.errors import ConfigurationError, DatasetError
+from transforms.base.errors import ConfigurationError, DatasetError
 from common.core.flags import NOTHING_RUN, check_range
 
 LOSSY_MASK_SUFFIXES = (".jpg", ".jpeg")

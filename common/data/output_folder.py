@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from common.core.errors import DatasetError
+from transforms.base.errors import DatasetError
 
 
 def refuse_existing_output(out_dir: str | Path, overwrite: bool = False, written_by: str | None = None) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from common.core.errors import DatasetError
+from transforms.base.errors import DatasetError
 
 
 def _prompt_file(root: Path, split: str, prompt_file: str | Path | None) -> Path:

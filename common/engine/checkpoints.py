@@ -6,7 +6,7 @@ A bundle checkpoint is a ``torch.save`` of plain values and tensors, loaded with
     {"model": state_dict,          # the weights; the frozen weights of pretrained parts may be left out
      "description": {
          "format": 1, "bundle": "tmca", "version": "0.2.0",
-         "network": {"_target_": "scripts.network.TMCA", ...},    # plain values (common.core.describe)
+         "network": {"_target_": "scripts.network.TMCA", ...},    # plain values (transforms.base.describe)
          "settings": {"image_size": 224, "text": {"tokenizer": ..., "max_length": 24}, ...},
          "excluded": [],            # prefixes of pretrained parts whose frozen weights load from their source
                                     # (trainable weights inside them, LoRA or adapters, are kept)
@@ -24,6 +24,7 @@ better; epoch checkpoints left by the killed run are pruned to ``n_saved`` like 
 from __future__ import annotations
 
 import contextlib
+import copy
 import errno
 import glob
 import json
@@ -38,10 +39,10 @@ import torch
 from ignite.handlers.checkpoint import BaseSaveHandler
 from monai.handlers import CheckpointSaver
 
-from common.core.config import as_bool
-from common.core.describe import (bundle_scripts, check_description, describe, described_class, instantiate, relocate,
-                                  remote_code_requested, source_paths, typed)
-from common.core.errors import CheckpointError, ConfigurationError
+from transforms.base.values import as_bool
+from transforms.base.describe import (bundle_package, check_description, describe, described_class, instantiate,
+                                      is_bundle_class, relocate, remote_code_requested, source_paths, typed)
+from transforms.base.errors import CheckpointError, ConfigurationError
 
 from .network import unwrap
 from .run_lock import hold_output_folder, release_when_run_ends
@@ -117,6 +118,7 @@ class ModelDescription:
     def __init__(self, network: torch.nn.Module, bundle_root: str | Path, settings: Mapping | None = None,
                  leave_out_frozen_pretrained: bool = False):
         self.network = network
+        self.bundle_root = Path(bundle_root)
         self.bundle, self.version = bundle_identity(bundle_root)
         self.settings = _plain(dict(settings or {}))
         self.leave_out = leave_out_frozen_pretrained
@@ -152,31 +154,36 @@ class ModelDescription:
         """Resuming: the checkpoint must describe the network this run builds (where its pretrained parts'
         weights come from may differ: that is storage, not architecture)."""
         current = self.state_dict()
+        try:
+            package = bundle_package(self.bundle_root)  # where the descriptions' scripts.<module> classes live
+        except ConfigurationError:
+            package = None
         for key in ("bundle", "network"):
-            theirs, ours = _architecture(state.get(key)), _architecture(current[key])
+            theirs, ours = _architecture(state.get(key), package), _architecture(current[key], package)
             if theirs != ours:
                 raise CheckpointError(None, f"the checkpoint to resume from was trained with {summary(state)}; this run "
                                             f"builds {summary(current)}: {_first_difference(theirs, ours)}")
         self.training = dict(state.get("training", {}))
 
 
-def _architecture(config: Any) -> Any:
+def _architecture(config: Any, package=None) -> Any:
     """A description without what says where pretrained weights come from (the pretrained arguments of each
-    part, a Hugging Face model's stored config): two runs of one architecture compare equal."""
+    part, a Hugging Face model's stored config): two runs of one architecture compare equal. ``package``: the
+    bundle's package (:func:`transforms.base.describe.bundle_package`)."""
     if isinstance(config, list):
-        return [_architecture(c) for c in config]
+        return [_architecture(c, package) for c in config]
     if not isinstance(config, Mapping):
         return config
-    klass = _described_class_or_none(config.get("_target_"))
+    klass = _described_class_or_none(config.get("_target_"), package)
     ignore = set(getattr(klass, "_pretrained_arguments", {})) | {"model_config"}
-    return {k: _architecture(v) for k, v in config.items() if k not in ignore}
+    return {k: _architecture(v, package) for k, v in config.items() if k not in ignore}
 
 
-def _described_class_or_none(target: Any) -> type | None:
+def _described_class_or_none(target: Any, package=None) -> type | None:
     """The class a description names, or None where it names none these bundles build (nothing is imported
-    outside the bundle's and the shared code; :func:`common.core.describe.described_class`)."""
+    outside the bundle's and the shared code; :func:`transforms.base.describe.described_class`)."""
     try:
-        return described_class(target, "") if target is not None else None
+        return described_class(target, "", package=package) if target is not None else None
     except ConfigurationError:
         return None
 
@@ -238,6 +245,17 @@ def tokenizer_source(checkpoint: str | Path, settings: Mapping) -> str:
     return str(beside) if (beside / "tokenizer_config.json").is_file() else settings["text"]["tokenizer"]
 
 
+def trained_processor(trained, checkpoint: str | Path) -> dict:
+    """What a trained model reads its inputs with (the checkpoint's ``settings``, written by train.yaml's
+    ``processor``: image size, threshold, CT window, classes, tokenizer, text budget), for evaluation,
+    fine-tuning and inference, which restate none of it. The tokenizer is the one saved beside the
+    checkpoint where there is one (:func:`tokenizer_source`), so a packaged model tokenises offline."""
+    processor = copy.deepcopy(dict(trained.settings))
+    if isinstance(processor.get("text"), Mapping):
+        processor["text"] = {**processor["text"], "tokenizer": tokenizer_source(checkpoint, processor)}
+    return processor
+
+
 @typed
 def read_checkpoint(path: str | None) -> dict:
     """The checkpoint's contents (``weights_only``); errors say how to get one."""
@@ -261,7 +279,7 @@ def check_checkpoint(state: Any, path: str | Path | None, bundle_root: str | Pat
     The description must come from the bundle at ``bundle_root`` and hold plain values only: the network's
     class one of this bundle's own (``scripts.*``), every nested ``_target_`` a ``@configurable`` class of the
     bundle or the shared code, no string that MONAI's config parser would evaluate (``$``, ``@``, ``%``) and no
-    other config directive (:func:`common.core.describe.check_description`). A description that asks for a
+    other config directive (:func:`transforms.base.describe.check_description`). A description that asks for a
     pretrained model's own code (``trust_remote_code``) needs the user's consent: ``trust_remote_code`` here,
     ``--trust_remote_code true`` on the command line, or the environment variable ``TGSEG_TRUST_REMOTE_CODE=1``
     (MONAI Label). Every floating-point weight must be finite. Anything else raises a
@@ -285,16 +303,16 @@ def _check_description_data(description: Mapping, path: str | Path | None, bundl
     """The description part of :func:`check_checkpoint` (also for the description an export carries)."""
     network = description.get("network")
     try:
-        with bundle_scripts(bundle_root):
-            if not isinstance(network, Mapping):
-                raise ConfigurationError(f"network = {network!r} is not a description of a network")
-            klass = described_class(network.get("_target_"), "network", roots=("scripts",))
-            if not klass.__module__.startswith("scripts.") or klass.__module__.startswith("scripts.tgseg."):
-                raise ConfigurationError(f"network._target_ = {network.get('_target_')!r} is not a class defined by "
-                                         "this bundle (it is shared code that the bundle's package imports)")
-            check_description(network, "network")
-            # every other entry, keys included (a top-level _target_ or _requires_ is refused too)
-            check_description({k: v for k, v in description.items() if k != "network"}, "", classes=False)
+        package = bundle_package(bundle_root)  # the bundle's own package, under whatever name it runs
+        if not isinstance(network, Mapping):
+            raise ConfigurationError(f"network = {network!r} is not a description of a network")
+        klass = described_class(network.get("_target_"), "network", roots=("scripts",), package=package)
+        if not is_bundle_class(klass, package):
+            raise ConfigurationError(f"network._target_ = {network.get('_target_')!r} is not a class defined by "
+                                     "this bundle (it is shared code that the bundle's package imports)")
+        check_description(network, "network", package=package)
+        # every other entry, keys included (a top-level _target_ or _requires_ is refused too)
+        check_description({k: v for k, v in description.items() if k != "network"}, "", classes=False)
     except ConfigurationError as err:
         raise CheckpointError(path, f"refused, nothing was built from it: its description must be plain data naming "
                                     f"this bundle's classes only, and {err}") from None
@@ -327,7 +345,7 @@ def load_model(path: str | None, bundle_root: str, device: str | None = None,
     description) is refused in one line that says what it is. A TorchScript (``.ts``) or ONNX (``.onnx``)
     file written by ``scripts/export.py`` is taken in place of a checkpoint: it carries the description.
     ``pretrained_sources``: where this machine keeps pretrained parts that the checkpoint leaves out
-    (``{"sam.checkpoint": "/weights/sam_vit_h_4b8939.pth"}``; :func:`common.core.describe.relocate`).
+    (``{"sam.checkpoint": "/weights/sam_vit_h_4b8939.pth"}``; :func:`transforms.base.describe.relocate`).
     The checkpoint is read as data and checked before anything is built (:func:`check_checkpoint`).
     """
     if path is not None and Path(str(path)).suffix in (".ts", ".onnx"):

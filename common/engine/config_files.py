@@ -48,18 +48,23 @@ def config_files(bundle_dir: str | Path, *names: str) -> list[Path]:
     """The files of ``--config_file`` for the configs ``names`` of the bundle in ``bundle_dir``, in order.
 
     ``config_files("bundles/tmca", "train", "evaluate")`` is ``[bundles/tmca/configs/train.yaml,
-    common/engine/train.yaml, bundles/tmca/configs/evaluate.yaml]``. ``train`` is implied when ``names``
-    does not start with it; ``multi_gpu_train`` is the bundle's own if it has one, else the engine's.
+    common/engine/train.yaml, bundles/tmca/configs/evaluate.yaml]``; ``train`` is implied when ``names``
+    does not start with it, and ``multi_gpu_train`` is the bundle's own if it has one, else the engine's.
+    ``config_files("bundles/tmca", "inference")`` is ``[.../train.yaml, .../inference.yaml]``: inference
+    uses the transforms of the bundle's train.yaml (not the engine); a packaged bundle's ``inference.json``
+    holds them itself, so there it is the one file.
     """
-    names = tuple(names)
-    if not names or names[0] != "train":
+    names = tuple(names) or ("train",)
+    train = bundle_config(bundle_dir, "train")
+    packaged = train is not None and has_engine(train)
+    if names[0] != "train" and not (names[0] == "inference" and packaged):
         names = ("train", *names)
     files: list[Path] = []
     for name in names:
         own = bundle_config(bundle_dir, name)
         if own is not None:
             files.append(own)
-            if name == "train" and not has_engine(own):
+            if name == "train" and not packaged and "inference" not in names:
                 files.append(engine_config("train"))
         elif name in ENGINE_CONFIGS and name != "train":
             files.append(engine_config(name))

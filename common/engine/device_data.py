@@ -20,8 +20,8 @@ from monai.data import DataLoader, ThreadDataLoader
 from monai.transforms import Compose, ToDeviced, Transform
 from monai.transforms.traits import RandomizableTrait
 
-from common.core.config import as_bool
-from common.core.errors import ConfigurationError
+from transforms.base.values import as_bool
+from transforms.base.errors import ConfigurationError
 
 logger = logging.getLogger(__name__)
 

@@ -50,10 +50,10 @@ def example_inputs(description: Mapping, tokenizer: str | None, batch: int = 1, 
 def why_not_exportable(description: Mapping, bundle_root: str | Path) -> str | None:
     """Why the network a checkpoint describes cannot be one traced graph (its class's ``not_exportable``:
     LTSE generates its answer token by token), or None; asked before the network is built."""
-    from common.core.describe import bundle_scripts, described_class
+    from transforms.base.describe import bundle_package, described_class
 
-    with bundle_scripts(bundle_root):
-        klass = described_class((description.get("network") or {}).get("_target_"), "network", roots=("scripts",))
+    klass = described_class((description.get("network") or {}).get("_target_"), "network", roots=("scripts",),
+                            package=bundle_package(bundle_root))
     return getattr(klass, "not_exportable", None)
 
 
@@ -174,7 +174,7 @@ def exported_description(path: str | Path) -> Any:
             raise ValueError("no description in its metadata (export it with scripts/export.py)")
         return json.loads(props["description"])
     except Exception as err:  # a file that is no export (zip or protobuf errors): say which
-        from common.core.errors import CheckpointError
+        from transforms.base.errors import CheckpointError
 
         raise CheckpointError(path, f"cannot read its description ({err})") from err
 

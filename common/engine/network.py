@@ -6,8 +6,8 @@ from typing import Sequence
 
 import torch
 
-from common.core.describe import typed
-from common.core.errors import ConfigurationError
+from transforms.base.describe import typed
+from transforms.base.errors import ConfigurationError
 
 
 def unwrap(network: torch.nn.Module) -> torch.nn.Module:

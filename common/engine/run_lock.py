@@ -19,7 +19,7 @@ import socket
 import time
 from pathlib import Path
 
-from common.core.errors import CheckpointError
+from transforms.base.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 

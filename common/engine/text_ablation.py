@@ -22,7 +22,7 @@ from typing import Callable, Mapping, Sequence
 from ignite.engine import Events
 from monai.data import DataLoader, Dataset
 
-from common.core.describe import configurable
+from transforms.base.describe import configurable
 from common.evaluation.metrics import binary_scores
 from common.evaluation.visualize import save_overlay
 from transforms.text import ShuffleTexts

@@ -22,7 +22,7 @@ from monai.engines.utils import IterationEvents
 from monai.handlers import ValidationHandler
 from monai.utils.enums import CommonKeys as Keys
 
-from common.core.describe import configurable
+from transforms.base.describe import configurable
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -11,7 +11,7 @@
   attention pool), and :class:`OpenClipTextEncoder` is a frozen text tower with the
   open_clip tokenizer (context length 77 by default) and a cache of encoded strings.
 
-Weights that are not there offline raise :class:`~common.core.errors.PretrainedWeightsError`
+Weights that are not there offline raise :class:`~transforms.base.errors.PretrainedWeightsError`
 naming the config key and what was looked for.
 """
 
@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.core.describe import configurable, typed
-from common.core.errors import PretrainedWeightsError
+from transforms.base.describe import configurable, typed
+from transforms.base.errors import PretrainedWeightsError
 
 __all__ = [
     "build_open_clip", "tiny_clip_config", "OpenClipBackbone", "OpenClipImageEncoder", "OpenClipTextEncoder",

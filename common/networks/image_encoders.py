@@ -7,9 +7,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from common.core.describe import configurable
-from common.core.errors import PretrainedWeightsError
-from common.core.pretrained import hub_offline, resolve_checkpoint_file
+from transforms.base.describe import configurable
+from transforms.base.errors import PretrainedWeightsError
+from transforms.base.pretrained import hub_offline, resolve_checkpoint_file
 
 
 @configurable(pretrained={"weights": None})

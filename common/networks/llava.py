@@ -30,9 +30,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from common.core.describe import configurable
-from common.core.errors import PretrainedWeightsError
-from common.core.pretrained import hub_offline, resolve_hf_model
+from transforms.base.describe import configurable
+from transforms.base.errors import PretrainedWeightsError
+from transforms.base.pretrained import hub_offline, resolve_hf_model
 
 __all__ = ["LLAVA_V1_TEMPLATE", "IGNORE_INDEX", "load_llava_processor", "tokenize_conversation", "LlavaLM",
            "tiny_llava_config", "llava_7b_config", "build_tiny_tokenizer", "save_llava_folder", "save_tiny_llava"]

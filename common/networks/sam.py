@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.core.describe import configurable
-from common.core.errors import PretrainedWeightsError
+from transforms.base.describe import configurable
+from transforms.base.errors import PretrainedWeightsError
 
 __all__ = ["SAM_PIXEL_MEAN", "SAM_PIXEL_STD", "SAM_VARIANTS", "sam_config", "tiny_sam_config", "preprocess_shape",
            "sam_preprocess", "sam_postprocess_masks", "load_sam_state_dict", "build_mask_decoder", "SamEncoder"]

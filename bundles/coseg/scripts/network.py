@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.core.describe import configurable
+from transforms.base.describe import configurable
 
 from .decoders import TaskDecoder
 from .rp_encoder import RPEncoder

@@ -20,7 +20,7 @@ from monai.config import KeysCollection
 from monai.metrics import DiceMetric
 from monai.transforms import MapTransform
 
-from common.core.describe import configurable
+from transforms.base.describe import configurable
 from transforms.geojson import polygon_feature
 
 

@@ -1,1 +1,3 @@
 """LSMS bundle code: network, Hamburger head, losses."""
+
+from . import hamburger, losses, network

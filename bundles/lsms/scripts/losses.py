@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from monai.losses import FocalLoss
 from torch import nn
 
-from common.core.describe import configurable
+from transforms.base.describe import configurable
 
 
 def boundary_band(mask: torch.Tensor, kernel_size: int = 5) -> torch.Tensor:

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.core.describe import configurable
+from transforms.base.describe import configurable
 from common.networks.text_encoders import masked_mean
 
 from .hamburger import LightHamHead

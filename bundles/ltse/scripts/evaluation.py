@@ -26,7 +26,7 @@ import torch
 from ignite.engine import Events
 from monai.metrics import Cumulative
 
-from common.core.describe import configurable
+from transforms.base.describe import configurable
 from common.data.seg_answers import REJ_TOKEN, SEG_TOKEN, masks_for_targets
 from common.evaluation.reports import write_table
 

@@ -28,8 +28,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from common.core.describe import configurable
-from common.core.errors import DatasetError
+from transforms.base.describe import configurable
+from transforms.base.errors import DatasetError
 from common.data.bcss.reader import phrase
 from common.data.seg_answers import answer_slots, build_answer, seg_target_masks, slot_phrases
 from common.networks.llava import IGNORE_INDEX, tokenize_conversation

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.core.describe import configurable
+from transforms.base.describe import configurable
 from common.networks.llava import IGNORE_INDEX
 
 

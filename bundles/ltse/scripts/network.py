@@ -35,7 +35,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from common.core.describe import configurable
+from transforms.base.describe import configurable
 from common.networks.llava import LlavaLM, tokenize_conversation
 from common.networks.sam import SamEncoder, sam_postprocess_masks, sam_preprocess
 

@@ -15,7 +15,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from common.core.describe import configurable
+from transforms.base.describe import configurable
 
 
 def decode_classes(logits: torch.Tensor, include_background: bool = True, threshold: float = 0.5) -> torch.Tensor:

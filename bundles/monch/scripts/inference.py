@@ -10,7 +10,7 @@ from typing import Hashable, Mapping, Sequence
 import numpy as np
 import torch
 
-from common.core.errors import DatasetError
+from transforms.base.errors import DatasetError
 from common.data.pannuke.reader import CLASS_COLORS, CLASS_NAMES
 from common.engine.inference import WriterHandler
 from common.networks.clip_encoders import CLIP_MEAN, CLIP_STD

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.core.describe import configurable
+from transforms.base.describe import configurable
 
 
 def one_hot_labels(label: torch.Tensor, num_classes: int) -> torch.Tensor:

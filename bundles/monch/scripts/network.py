@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.core.describe import configurable
+from transforms.base.describe import configurable
 
 from .decoder import DynamicHead, FPNFusion, ProgressivePromptDecoder
 from .mgfe import MGFE, ConvBlock, DownScale, UpScale, group_norm

@@ -6,7 +6,7 @@ import torch
 from monai.losses import DiceCELoss
 from torch import nn
 
-from common.core.describe import configurable
+from transforms.base.describe import configurable
 from common.networks.contrastive import pairwise_dice, soft_contrastive_loss
 
 

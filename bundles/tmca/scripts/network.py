@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from monai.networks.blocks import SubpixelUpsample, UnetOutBlock, UnetrUpBlock
 from torch import nn
 
-from common.core.describe import configurable
+from transforms.base.describe import configurable
 from common.networks.text_encoders import masked_mean
 
 ALIGNMENT_LEVELS = ("global", "32", "16", "8")

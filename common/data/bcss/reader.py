@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.core.errors import DatasetError
+from transforms.base.errors import DatasetError
 from common.data.file_reading import read_image
 
 IMAGE_FOLDERS = ("rgbs_colorNormalized", "images")

@@ -28,7 +28,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from common.core.errors import ConfigurationError, DatasetError
+from transforms.base.errors import ConfigurationError, DatasetError
 from common.core.flags import NOTHING_RUN, check_range
 from common.data.file_reading import read_json_lines
 from common.data.output_folder import staged_folder

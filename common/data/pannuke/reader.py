@@ -32,8 +32,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from common.core.describe import typed
-from common.core.errors import DatasetError
+from transforms.base.describe import typed
+from transforms.base.errors import DatasetError
 from transforms.pannuke import load_npy
 
 CLASS_NAMES = ("background", "neoplastic", "inflammatory", "connective", "dead", "epithelial")

@@ -24,7 +24,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from common.core.errors import DatasetError
+from transforms.base.errors import DatasetError
 from transforms.puma import (  # noqa: F401  (the tables, for configs and reports)
     NUCLEI_NAMES,
     NUCLEI_TYPE_NAMES,

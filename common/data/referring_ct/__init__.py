@@ -2,12 +2,4 @@
 the builder, synthetic volumes.
 """
 
-import importlib
-
-__all__ = ['builder', 'expressions', 'geometry', 'records', 'synthetic']
-
-
-def __getattr__(name):
-    if name in __all__:
-        return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+from . import builder, expressions, geometry, records, synthetic

@@ -17,8 +17,8 @@ from typing import Sequence
 
 import numpy as np
 
-from common.core.describe import typed
-from common.core.errors import ConfigurationError, DatasetError
+from transforms.base.describe import typed
+from transforms.base.errors import ConfigurationError, DatasetError
 from common.core.flags import NOTHING_RUN, check_choice, check_range
 from common.data.output_folder import staged_folder
 from transforms.volumes import ABDOMINAL_WINDOW, load_volume, to_display, window

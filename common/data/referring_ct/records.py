@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common.core.errors import DatasetError
+from transforms.base.errors import DatasetError
 from common.data.file_reading import read_json_lines
 
 REQUIRED_KEYS = ("image", "mask", "lesion_id", "text")

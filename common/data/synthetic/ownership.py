@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common.core.errors import DatasetError
+from transforms.base.errors import DatasetError
 
 MARKER = ".tgseg-sample-data"
 

@@ -19,6 +19,7 @@ served ``models/model.pt`` by the bundle's checkpoint reader, and built again wh
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import tempfile
@@ -30,7 +31,7 @@ import torch
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
-from common.core.describe import bundle_scripts
+from transforms.base.describe import bundle_package
 from common.data.seg_answers import REJ_TOKEN, SEG_TOKEN, slot_phrases
 
 from .serving import Serving, segment_label_map, write_prediction
@@ -43,6 +44,7 @@ class AnswerInferTask(BasicInferTask):
 
     def __init__(self, serving: Serving, conf: Dict[str, str]):
         self.serving = serving
+        self.package = bundle_package(serving.bundle)  # the bundle's scripts, under a name of its own (lib/infer.py)
         super().__init__(path=str(serving.bundle / "models" / "model.pt"), network=None, type=InferType.SEGMENTATION,
                          labels=dict(serving.label_names), dimension=2, config=dict(serving.infer_options),
                          description=f"An instruction in; the answer text and one mask per [SEG] out "
@@ -71,18 +73,16 @@ class AnswerInferTask(BasicInferTask):
         cached = self._loaded.get(device)
         if cached is None or cached[2] != mtime:
             logger.info("%s: loading %s", self.serving.name, path)
-            with bundle_scripts(self.serving.bundle):
-                loaded = load_model(path, str(self.serving.bundle), device=str(device),
-                                     pretrained_sources=self.serving.pretrained_sources)
+            loaded = load_model(path, str(self.serving.bundle), device=str(device),
+                                pretrained_sources=self.serving.pretrained_sources)
             self._loaded[device] = cached = (loaded.network, loaded.settings, mtime)
         return cached[0], cached[1]
 
     def run_inferer(self, data: Dict[str, Any], convert_to_batch=True, device="cuda"):
         network, settings = self._model(device)
-        with bundle_scripts(self.serving.bundle):
-            from scripts.inference import read_rgb  # the bundle's own reader, as its inferring command uses
-
-            rgb = read_rgb(str(data["image"]))
+        # the bundle's own reader, as its inferring command uses
+        read_rgb = importlib.import_module(f"{self.package.__name__}.inference").read_rgb
+        rgb = read_rgb(str(data["image"]))
         instruction = str(data["instruction"])
         logger.info("%s: image %s, instruction %r", self.serving.name, rgb.shape, instruction)
         with torch.no_grad():

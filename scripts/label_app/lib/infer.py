@@ -17,6 +17,11 @@ What changes from the stock task, and why:
 * the network: built from the served ``models/model.pt`` by the bundle's own checkpoint reader (its
   description says what to build), and built again when training replaces that file.
 * ``labels``: from ``configs/monailabel.yaml`` (the target is value 1; background is never a label).
+* several bundles in one server: each bundle's ``scripts`` package is imported once under a name of its own
+  (:func:`transforms.base.describe.bundle_package`), and the task's parsed config names that package wherever
+  the bundle's ``inference.json`` says ``scripts`` (:func:`transforms.base.describe.bundle_config`), so the
+  stock task's parser builds this bundle's transforms and network; no module is swapped (the stock task's
+  ``unload_module("scripts")`` finds none of them).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import torch
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.bundle import BundleInferTask
 
-from common.core.describe import bundle_scripts
+from transforms.base.describe import bundle_config, bundle_package
 
 from .serving import Serving, label_summary, write_prediction
 
@@ -45,9 +50,11 @@ class TextBundleInferTask(BundleInferTask):
 
     def __init__(self, serving: Serving, conf: Dict[str, str]):
         self.serving = serving
-        with bundle_scripts(serving.bundle):
-            super().__init__(str(serving.bundle), conf, type=InferType.SEGMENTATION, add_post_restore=False,
-                             load_strict=True)
+        # the bundle's package, imported under its own name before the stock task puts the bundle's folder on
+        # sys.path (where it would be found as a plain `scripts`, which the stock task unloads again)
+        self.package = bundle_package(serving.bundle)
+        super().__init__(str(serving.bundle), conf, type=InferType.SEGMENTATION, add_post_restore=False,
+                         load_strict=True)
         if not self.is_valid():
             return
         self.labels = dict(serving.label_names)
@@ -56,8 +63,11 @@ class TextBundleInferTask(BundleInferTask):
         self.description = f"{self.description} (serves {serving.bundle})"
 
     def _load_bundle_config(self, path, config):
-        """The bundle's inference config, told where this machine keeps the model's left-out pretrained parts."""
+        """The bundle's inference config naming the bundle's own package where it says ``scripts`` (every part
+        the stock task builds from it: network, transforms, inferer), told where this machine keeps the
+        model's left-out pretrained parts."""
         parser = super()._load_bundle_config(path, config)
+        parser.set(bundle_config(parser.get(), self.serving.bundle))
         if self.serving.pretrained_sources:
             parser["pretrained_sources"] = dict(self.serving.pretrained_sources)
         return parser
@@ -66,19 +76,6 @@ class TextBundleInferTask(BundleInferTask):
         info = super().info()
         info["inputs"] = ["image", *self.serving.infer_options]
         return info
-
-    # the bundle's own scripts package while its configs are parsed and its transforms built
-    def pre_transforms(self, data=None):
-        with bundle_scripts(self.serving.bundle):
-            return super().pre_transforms(data)
-
-    def post_transforms(self, data=None):
-        with bundle_scripts(self.serving.bundle):
-            return super().post_transforms(data)
-
-    def inferer(self, data=None):
-        with bundle_scripts(self.serving.bundle):
-            return super().inferer(data)
 
     def _get_network(self, device, data):
         """The served model, built by the bundle's checkpoint reader; again when ``model.pt`` changes."""
@@ -93,9 +90,8 @@ class TextBundleInferTask(BundleInferTask):
             network = self.network.to(torch.device(device)).eval()  # built at start from this very file
         else:
             logger.info("%s: loading %s (changed since it was last loaded)", self.serving.name, path)
-            with bundle_scripts(self.serving.bundle):
-                network = load_model(path, str(self.serving.bundle), device=str(device),
-                                     pretrained_sources=self.serving.pretrained_sources).network
+            network = load_model(path, str(self.serving.bundle), device=str(device),
+                                 pretrained_sources=self.serving.pretrained_sources).network
         self._networks[device] = (network, mtime)
         return network
 

@@ -21,6 +21,10 @@ What changes from the stock ``BundleTrainTask``, and why:
   (it reloads the new one on its next request). Otherwise the result says why the served model stays.
 * several GPUs: ``torchrun`` with ``multi_gpu_train`` merged too, and the merged settings written into the
   run folder, not into the bundle's ``configs/``; a failed run is an error, not a log line.
+* several bundles in one server: a run in the server's process reads the bundle's configs merged into one
+  file of the run folder (``monailabel_train.json``) that names the bundle's package, imported under a name
+  of its own, wherever they say ``scripts`` (:func:`transforms.base.describe.bundle_config`); no module is
+  swapped. A torchrun process runs one bundle, whose ``scripts`` is on its path.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from monailabel.tasks.train.bundle import BundleTrainTask
 from monailabel.utils.others.generic import name_to_device
 
 from common.core.config import finish_pool_threads
-from common.core.describe import bundle_scripts
+from transforms.base.describe import bundle_config, bundle_package
 from common.engine.config_files import config_files
 
 from .promotion import key_metric, promote_if_better, promote_mode
@@ -72,8 +76,8 @@ class FinetuneBundleTrainTask(BundleTrainTask):
     def __init__(self, serving: Serving, conf: Dict[str, str], studies: str, texts_file: str):
         self.serving = serving
         self.studies, self.texts_file = studies, texts_file
-        with bundle_scripts(serving.bundle):
-            super().__init__(str(serving.bundle), conf)
+        self.package = bundle_package(serving.bundle)  # imported once, under a name of its own (lib/infer.py)
+        super().__init__(str(serving.bundle), conf)
         self._description = f"fine-tunes the served {serving.name} model on the datastore's labelled images"
 
     def info(self) -> Dict[str, Any]:
@@ -172,14 +176,15 @@ class FinetuneBundleTrainTask(BundleTrainTask):
             self._run_torchrun(files, overrides, processes)
         else:
             overrides["device"] = str(name_to_device(request.get("device", "cuda")))
-            with bundle_scripts(self.serving.bundle):
-                import monai.bundle
+            import monai.bundle
 
-                try:
-                    monai.bundle.run("training", config_file=files, meta_file=self.bundle_metadata_path, **overrides)
-                except BaseException:
-                    finish_pool_threads()  # the task's process then exits with the error, not an abort (134)
-                    raise
+            logging_file = self.serving.bundle / "configs" / "logging.conf"
+            try:
+                monai.bundle.run("training", config_file=self._in_process_config(files), meta_file=self.bundle_metadata_path,
+                                 logging_file=str(logging_file) if logging_file.is_file() else False, **overrides)
+            except BaseException:
+                finish_pool_threads()  # the task's process then exits with the error, not an abort (134)
+                raise
         promotion = self._promote(run / "models" / "model.pt", promote)
         logger.info("%s: %s %s", self.serving.name, "serving the new model:" if promotion["promoted"] else
                     "the served model stays:", promotion["promotion"])
@@ -188,6 +193,17 @@ class FinetuneBundleTrainTask(BundleTrainTask):
                   "run_folder": str(run)}
         logger.info("%s: training finished: %s", self.serving.name, json.dumps(result))
         return result
+
+    def _in_process_config(self, files: list[str]) -> str:
+        """The configs merged as ``monai.bundle run`` merges them, naming the bundle's own package where they say
+        ``scripts``, in one file of the run folder (the bundle stays as shipped): the run builds this bundle's
+        classes in a process that serves several bundles."""
+        from monai.bundle import ConfigParser
+
+        merged = bundle_config(ConfigParser.load_config_files(files), self.serving.bundle)
+        path = self.run_folder() / "monailabel_train.json"
+        path.write_text(json.dumps(merged, indent=1))
+        return str(path)
 
     def _run_torchrun(self, files: list[str], overrides: Dict[str, Any], processes: int) -> None:
         settings = self.run_folder() / "monailabel_request.json"  # in the run folder: the bundle stays as shipped
@@ -216,7 +232,6 @@ class FinetuneBundleTrainTask(BundleTrainTask):
 
         if not trained.is_file():
             raise RuntimeError(f"{self.serving.name}: training wrote no {trained}; the served model is unchanged")
-        with bundle_scripts(self.serving.bundle):
-            load_model(str(trained), str(self.serving.bundle))  # refuses another bundle's or a broken file
+        load_model(str(trained), str(self.serving.bundle))  # refuses another bundle's or a broken file
         metric = key_metric(self.bundle_config.get("val_metrics"), self.bundle_config_path)
         return promote_if_better(trained, self.served_model(), metric, mode)

@@ -27,9 +27,11 @@ without the files it read the first time (a Hugging Face model's config, MONCH's
 from __future__ import annotations
 
 import collections.abc
-import contextlib
 import copy
 import functools
+import hashlib
+import importlib
+import importlib.util
 import inspect
 import re
 import sys
@@ -38,10 +40,11 @@ import typing
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from .config import as_bool
+from .values import as_bool
 from .errors import ConfigurationError
 
-__all__ = ["configurable", "typed", "coerce", "describe", "instantiate", "bundle_scripts", "target_name",
+__all__ = ["configurable", "typed", "coerce", "describe", "instantiate", "bundle_package", "bundle_config",
+           "is_bundle_class", "target_name",
            "is_configurable", "check_description", "described_class", "remote_code_requested", "ConfigurationError"]
 
 _NULL = {"null", "none", ""}
@@ -222,17 +225,27 @@ def is_configurable(obj: Any) -> bool:
 
 
 # where this code lives: "" in the repository, "scripts.tgseg." when scripts/package.py vendored it into a bundle
-VENDOR_PREFIX = __name__[: -len("common.core.describe")]
+VENDOR_PREFIX = __name__[: -len("transforms.base.describe")]
 
 
 def target_name(klass: type) -> str:
     """``module.Class`` as a bundle config of the repository names it: a bundle's own code is
-    ``scripts.<module>``, shared code ``common.<...>`` also when it runs vendored inside a packaged bundle,
-    so a checkpoint reads the same wherever it was trained."""
+    ``scripts.<module>`` (whatever name :func:`bundle_package` imported its package under), shared code
+    ``common.<...>`` / ``transforms.<...>`` also when it runs vendored inside a packaged bundle, so a
+    checkpoint reads the same wherever it was trained."""
     module = klass.__module__
     parts = module.split(".")
-    if len(parts) > 2 and parts[0] == "bundles" and parts[2] == "scripts":
-        module = ".".join(parts[2:])
+    own = max((p.__name__ for p in _PACKAGES.values() if module == p.__name__ or module.startswith(p.__name__ + ".")),
+              key=len, default=None)  # the name bundle_package gave a bundle's package, whatever it is
+    if own is not None:
+        parts = ["scripts", *parts[len(own.split(".")):]]
+    elif len(parts) > 2 and parts[0] == "bundles" and parts[2] == "scripts":
+        parts = parts[2:]
+    elif parts[0].startswith(_PACKAGE_PREFIX):
+        parts = ["scripts", *parts[1:]]
+    if len(parts) > 2 and parts[:2] == ["scripts", "tgseg"]:  # shared code vendored into a packaged bundle
+        parts = parts[2:]
+    module = ".".join(parts)
     if VENDOR_PREFIX and module.startswith(VENDOR_PREFIX):
         module = module[len(VENDOR_PREFIX):]
     return f"{module}.{klass.__qualname__}"
@@ -289,44 +302,149 @@ def _plain(value: Any, path: str, keep: set[int]) -> Any:
     raise ConfigurationError(f"{path}: a {type(value).__name__} cannot be written as a config value")
 
 
-@contextlib.contextmanager
-def bundle_scripts(bundle_root: str | Path | None):
-    """Make ``scripts`` (and ``scripts.<module>``) the package of ``bundle_root`` while the block runs.
+# ---------------------------------------------------------------------------- a bundle's own package
+# Every bundle names its own code ``scripts`` (its configs say ``$import scripts`` and ``_target_:
+# scripts.network.TMCA``, as ``monai.bundle run`` finds it on the path). A process that uses several bundles
+# (tests, the MONAI Label app, the repository's tools) imports each bundle's package under a name of its own
+# and reads ``scripts.`` in that bundle's descriptions and configs as that name; no module is swapped.
+_PACKAGE_PREFIX = "_tgseg_bundle_"
+_PACKAGES: dict[Path, types.ModuleType] = {}
 
-    Every bundle names its own code ``scripts``; in a process that uses several bundles (tests,
-    the MONAI Label app) the package imported first would otherwise answer for all of them.
-    """
-    if bundle_root is None:
-        yield
-        return
-    folder = str(Path(bundle_root).resolve())
-    saved = {name: mod for name, mod in sys.modules.items() if name == "scripts" or name.startswith("scripts.")}
-    own = saved.get("scripts")
-    own_file = getattr(own, "__file__", None) or ""
-    if own is not None and Path(own_file).resolve().parent.parent == Path(folder):
-        yield  # already this bundle's package
-        return
-    for name in saved:
-        del sys.modules[name]
-    sys.path.insert(0, folder)
-    try:
-        yield
-    finally:
-        sys.path.remove(folder)
-        for name in [n for n in sys.modules if n == "scripts" or n.startswith("scripts.")]:
+
+def bundle_package(bundle_root: str | Path) -> types.ModuleType:
+    """The ``scripts`` package of the bundle in ``bundle_root``, imported once and never replaced.
+
+    Its name: the name it already has in this process (``scripts`` in a ``monai.bundle run``, whose config
+    imported it before any checkpoint is read: the checkpoint's classes are then the config's, never a second
+    copy); else ``bundles.<name>.scripts`` for a bundle of this repository (as the tests import it), or
+    ``scripts`` where the bundle's folder is the one on ``sys.path``; otherwise a name of its own
+    (``_tgseg_bundle_<name>_<hash of the folder>``; a bundle's modules import each other and the shared code
+    vendored into them relatively, scripts/package.py)."""
+    folder = Path(bundle_root).resolve()
+    package = _PACKAGES.get(folder)
+    if package is not None and sys.modules.get(package.__name__) is package:
+        return package
+    init = folder / "scripts" / "__init__.py"
+    if not init.is_file():
+        raise ConfigurationError(f"{folder} is not a bundle folder: it has no scripts/__init__.py")
+    # already imported (``scripts`` in a ``monai.bundle run``, whose config imported it first): the same modules,
+    # never a second copy of the bundle's classes under another name
+    package = _imported_package(init, folder.name)
+    if package is None and _origin(f"bundles.{folder.name}.scripts") == init:
+        package = importlib.import_module(f"bundles.{folder.name}.scripts")
+    if package is None and _origin("scripts") == init:
+        package = importlib.import_module("scripts")
+    if package is None:
+        name = f"{_PACKAGE_PREFIX}{folder.name}_{hashlib.sha1(str(folder).encode()).hexdigest()[:8]}"
+        spec = importlib.util.spec_from_file_location(name, init, submodule_search_locations=[str(init.parent)])
+        package = importlib.util.module_from_spec(spec)
+        sys.modules[name] = package  # a new name: no other module is touched
+        try:
+            spec.loader.exec_module(package)
+        except BaseException:
             del sys.modules[name]
-        sys.modules.update(saved)
+            raise
+    _PACKAGES[folder] = package
+    return package
+
+
+def _imported_package(init: Path, bundle: str) -> types.ModuleType | None:
+    """A module of ``sys.modules`` loaded from ``init`` (a bundle's ``scripts/__init__.py``), if any: the
+    repository's name for it first (``bundles.<name>.scripts``, as the tests import its classes), then
+    ``scripts`` (a ``monai.bundle run``), then any other name (one :func:`bundle_package` gave it)."""
+    found = []
+    for name, module in list(sys.modules.items()):
+        file = getattr(module, "__dict__", {}).get("__file__") if isinstance(module, types.ModuleType) else None
+        # cheap test first: only a package's __init__.py in a folder called scripts can be the one
+        if isinstance(file, str) and file.endswith("__init__.py") and Path(file).parent.name == "scripts" \
+                and _file_of(module) == init:
+            found.append((name, module))
+    preferred = {f"bundles.{bundle}.scripts": 0, "scripts": 1}
+    found.sort(key=lambda item: (preferred.get(item[0], 2), item[0]))
+    return found[0][1] if found else None
+
+
+def _file_of(module: Any) -> Path | None:
+    try:
+        file = module.__dict__.get("__file__")  # not getattr: a lazy module may import on attribute access
+        return Path(file).resolve() if isinstance(file, str) and file else None
+    except (AttributeError, TypeError, OSError, ValueError):
+        return None
+
+
+def _origin(name: str) -> Path | None:
+    """Where ``import name`` would load from, without running a module that is not imported yet (beyond the
+    parent packages of ``name``)."""
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    return Path(spec.origin).resolve() if spec is not None and spec.origin else None
+
+
+def _in_package(target: str, package: types.ModuleType | None) -> str:
+    """``scripts.network.TMCA`` -> the same name under the bundle's package (unchanged without one)."""
+    if package is None or not (target == "scripts" or target.startswith("scripts.")):
+        return target
+    return package.__name__ + target[len("scripts"):]
+
+
+def _vendors_shared_code(package: types.ModuleType | None) -> bool:
+    """Whether a bundle's package carries the shared code (``<package>.tgseg``: a packaged bundle)."""
+    return package is not None and any((Path(folder) / "tgseg" / "__init__.py").is_file()
+                                       for folder in getattr(package, "__path__", ()))
+
+
+def is_bundle_class(klass: type, package: types.ModuleType) -> bool:
+    """Whether ``klass`` is defined by the bundle's own code, not by shared code its package imports or vendors
+    (``scripts.tgseg.``, :mod:`scripts/package.py <package>`)."""
+    module = klass.__module__
+    return module.startswith(package.__name__ + ".") and not module.startswith(package.__name__ + ".tgseg.")
+
+
+_IMPORT = re.compile(r"^\$\s*import\s+scripts(\.[\w.]+)?(\s+as\s+\w+)?\s*$")
+_FROM = re.compile(r"^\$\s*from\s+scripts(\.[\w.]+)?\s+import\s+")
+
+
+def bundle_config(config: Any, bundle_root: str | Path) -> Any:
+    """A copy of a bundle's MONAI config (or a part of it) that names the bundle's package
+    (:func:`bundle_package`) wherever it says ``scripts``: ``_target_: scripts.network.TMCA`` ->
+    ``bundles.tmca.scripts.network.TMCA``, ``$import scripts`` -> ``$import bundles.tmca.scripts as scripts``
+    (expressions keep ``scripts.x`` as the imported name), ``$from scripts.x import y`` likewise. MONAI's
+    parser then builds the right bundle's classes in a process that parses several bundles' configs."""
+    package = bundle_package(bundle_root)
+    if package.__name__ == "scripts":
+        return copy.deepcopy(config)
+
+    def rewrite(node: Any) -> Any:
+        if isinstance(node, Mapping):
+            return {key: (_in_package(value, package) if key == "_target_" and isinstance(value, str)
+                          else rewrite(value)) for key, value in node.items()}
+        if isinstance(node, list):
+            return [rewrite(value) for value in node]
+        if isinstance(node, str):
+            found = _IMPORT.match(node)
+            if found:
+                return f"$import {package.__name__}{found.group(1) or ''}{found.group(2) or ' as scripts'}" \
+                    if found.group(2) or not found.group(1) else node  # `import scripts.x` binds `scripts`: kept
+            found = _FROM.match(node)
+            if found:
+                return f"$from {package.__name__}{found.group(1) or ''} import {node[found.end():]}"
+        return node
+
+    return rewrite(config)
 
 
 def source_paths(config: Mapping, bundle_root: str | Path | None = None) -> dict[str, Any]:
     """``{"sam.checkpoint": "/weights/sam_vit_h_4b8939.pth", ...}``: where in a description the pretrained
     parts say their weights lie (each configurable class's ``sources``), with the values it holds."""
     found: dict[str, Any] = {}
+    package = bundle_package(bundle_root) if bundle_root is not None else None
 
     def walk(node, path: str) -> None:
         if isinstance(node, Mapping):
             if "_target_" in node:
-                klass = described_class(node["_target_"], path)
+                klass = described_class(node["_target_"], path, package=package)
                 for name in getattr(klass, "_source_arguments", ()):
                     if name in node:
                         found[f"{path}.{name}" if path else name] = node[name]
@@ -337,8 +455,7 @@ def source_paths(config: Mapping, bundle_root: str | Path | None = None) -> dict
             for i, value in enumerate(node):
                 walk(value, f"{path}.{i}" if path else str(i))
 
-    with bundle_scripts(bundle_root):
-        walk(config, "")
+    walk(config, "")
     return found
 
 
@@ -366,23 +483,25 @@ def relocate(config: Mapping, sources: Mapping[str, Any], bundle_root: str | Pat
 def instantiate(config: Mapping, bundle_root: str | Path | None = None, where: str = "network",
                 roots: Iterable[str] = ("scripts", "common", "transforms")) -> Any:
     """Build an object from a description, read as data (:func:`check_description`): every ``_target_`` must
-    be a ``@configurable`` class of the shared code or of the bundle's own ``scripts`` package (resolved in
-    the package of ``bundle_root``, :func:`bundle_scripts`), every other value a plain JSON value. Nothing in
-    it is evaluated: no ``$`` expression, ``@`` reference, ``%`` macro or other callable, which MONAI's
-    ``ConfigParser`` would run. ``roots``: the top-level packages whose classes it may name."""
+    be a ``@configurable`` class of the shared code or of the bundle's own ``scripts`` package (the package of
+    ``bundle_root``, :func:`bundle_package`), every other value a plain JSON value. Nothing in it is evaluated:
+    no ``$`` expression, ``@`` reference, ``%`` macro or other callable, which MONAI's ``ConfigParser`` would
+    run. ``roots``: the top-level packages whose classes it may name."""
     config = copy.deepcopy(dict(config))
     roots = tuple(roots)
-    with bundle_scripts(bundle_root):
-        check_description(config, where, roots=roots)
-        return _build(config, roots)
+    package = bundle_package(bundle_root) if bundle_root is not None else None
+    check_description(config, where, roots=roots, package=package)
+    return _build(config, roots, package)
 
 
-def _build(node: Any, roots: tuple[str, ...]) -> Any:
+def _build(node: Any, roots: tuple[str, ...], package: types.ModuleType | None) -> Any:
     if isinstance(node, Mapping):
-        arguments = {key: _build(value, roots) for key, value in node.items() if key != "_target_"}
-        return described_class(node["_target_"], "", roots)(**arguments) if "_target_" in node else arguments
+        arguments = {key: _build(value, roots, package) for key, value in node.items() if key != "_target_"}
+        if "_target_" not in node:
+            return arguments
+        return described_class(node["_target_"], "", roots, package=package)(**arguments)
     if isinstance(node, list):
-        return [_build(value, roots) for value in node]
+        return [_build(value, roots, package) for value in node]
     return node
 
 
@@ -391,10 +510,13 @@ _OWN_ROOTS = ("scripts", "common", "transforms")  # a bundle's own package, the 
 _DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
 
 
-def described_class(target: Any, where: str, roots: Iterable[str] = _OWN_ROOTS) -> type:
+def described_class(target: Any, where: str, roots: Iterable[str] = _OWN_ROOTS,
+                    package: types.ModuleType | None = None) -> type:
     """The class a description's ``_target_`` names, checked before anything is imported (importing a module
     runs its code): a dotted name under ``roots`` (by default the bundle's ``scripts`` package and the shared
-    code) naming a ``@configurable`` class. Anything else raises :class:`ConfigurationError` naming ``where``."""
+    code) naming a ``@configurable`` class. Anything else raises :class:`ConfigurationError` naming ``where``.
+    ``package``: the bundle's package (:func:`bundle_package`) in which ``scripts.<module>`` is found; without
+    it, the module imported as ``scripts``."""
     from pydoc import locate
 
     label = f"{where}._target_" if where else "_target_"
@@ -402,8 +524,12 @@ def described_class(target: Any, where: str, roots: Iterable[str] = _OWN_ROOTS) 
     if not isinstance(target, str) or not _DOTTED.match(target) or target.split(".")[0] not in roots:
         allowed = ", ".join(f"{r}.*" for r in roots)
         raise ConfigurationError(f"{label} = {target!r}: a description may name only classes of {allowed}")
-    shared = target.split(".")[0] != "scripts"
-    klass = locate(VENDOR_PREFIX + target if (shared and VENDOR_PREFIX) else target)
+    if target.split(".")[0] == "scripts":
+        klass = locate(_in_package(target, package))
+    else:  # shared code: the copy vendored into the bundle's package where it has one (scripts/package.py), as
+        # the bundle's own modules import it, else this copy's
+        klass = locate(f"{package.__name__}.tgseg.{target}") if _vendors_shared_code(package) else None
+        klass = klass if klass is not None else locate(VENDOR_PREFIX + target)
     # decorated here, not inherited; the mark, not a registry of this copy, also admits the classes of a
     # packaged bundle, which registers them with the copy of this code vendored inside it
     if not (isinstance(klass, type) and klass.__dict__.get("_described_by_configurable") is True):
@@ -412,13 +538,14 @@ def described_class(target: Any, where: str, roots: Iterable[str] = _OWN_ROOTS) 
     return klass
 
 
-def check_description(node: Any, where: str, classes: bool = True, roots: Iterable[str] = _OWN_ROOTS) -> None:
+def check_description(node: Any, where: str, classes: bool = True, roots: Iterable[str] = _OWN_ROOTS,
+                      package: types.ModuleType | None = None) -> None:
     """Refuse anything in a description (or a part of it) that is not plain data, naming its key.
 
     Allowed: dicts with string keys, lists, strings, numbers, booleans and null; a ``_target_`` (only where
     ``classes``) naming a class :func:`described_class` accepts. Refused: strings that MONAI's config parser would read as an expression, a
     reference or a macro (``$``, ``@``, ``%``), its other special keys (``_requires_``, ``_disabled_``,
-    ``_mode_``, ``_desc_``), and any other type. Call it inside :func:`bundle_scripts`."""
+    ``_mode_``, ``_desc_``), and any other type. ``package``: as for :func:`described_class`."""
     if isinstance(node, Mapping):
         for key, value in node.items():
             path = f"{where}.{key}" if where else str(key)
@@ -427,14 +554,14 @@ def check_description(node: Any, where: str, classes: bool = True, roots: Iterab
             if key == "_target_":
                 if not classes:
                     raise ConfigurationError(f"{path} = {value!r}: this part of a description names no classes")
-                described_class(value, where, roots)
+                described_class(value, where, roots, package)
             elif key.startswith("_") and key.endswith("_"):
                 raise ConfigurationError(f"{path}: {key} is a MONAI config directive, not a setting")
             else:
-                check_description(value, path, classes, roots)
+                check_description(value, path, classes, roots, package)
     elif isinstance(node, list):
         for i, value in enumerate(node):
-            check_description(value, f"{where}[{i}]", classes, roots)
+            check_description(value, f"{where}[{i}]", classes, roots, package)
     elif isinstance(node, str):
         if node.startswith(_MARKERS):
             raise ConfigurationError(f"{where} = {node!r} starts with {node[0]!r}, which a MONAI config would read "

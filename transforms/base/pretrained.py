@@ -3,7 +3,7 @@
 Every pretrained part of a bundle has one config key (``text_encoder``,
 ``image_encoder_weights``, ...). The functions here turn the key's value into
 something a loader understands and, when that fails, raise
-:class:`~common.core.errors.PretrainedWeightsError` naming the key and the path or id
+:class:`~transforms.base.errors.PretrainedWeightsError` naming the key and the path or id
 that was looked for. Nothing here downloads on its own: hub ids are handed to
 the Hugging Face / timm loaders, which honour ``HF_HUB_OFFLINE=1``.
 """
