@@ -40,7 +40,7 @@ demo: $(STAMP)
 
 # the MONAI Label server test (tests/test_monailabel.py) runs the server from .venv-label
 test: $(STAMP) $(LABEL_STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 # the edit-test loop: everything but the subprocess runs of whole bundles (pytest marker `bundle`)
 test-fast: $(STAMP)

@@ -9,22 +9,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from monai.bundle import ConfigParser
 
-from common.core.describe import bundle_scripts
-from common.engine.config_files import config_files
+from bundle_runner import bundle_parser
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_CLIP = ("$common.networks.clip_encoders.tiny_clip_config(image_size=32, patch_size=8, width=32, layers=1, "
-             "text_width=32, embed_dim=32)")
+# the networks are each bundle's tiny model size (configs/tiny.yaml); these are input settings of the small test batch
 SMALL = {
     "tmca": {"image_size": 64},
-    "lsms": {"image_size": 64, "depths": [1, 1, 1, 1], "channels": [8, 16, 24, 32], "ham_channels": 16,
-             "decoder_channels": 16, "nmf_rank": 4},
-    "monch": {"image_size": 32, "clip_model_cfg": TINY_CLIP, "feature_channels": 16, "attention_heads": 2,
-              "head_channels": 8},
-    "coseg": {"image_size": 64, "sam2_config": "$common.networks.sam2.tiny_sam2_config()", "decoder_mlp_dim": 32,
-              "prompt_ffn_dim": 32, "nuclei_classes": "track1"},
+    "lsms": {"image_size": 64},
+    "monch": {"image_size": 32},
+    "coseg": {"image_size": 64, "nuclei_classes": "track1"},
 }
 
 # (bundle, overrides, parameter-name fragments that must be gone, must the eval output change?)
@@ -49,13 +43,10 @@ SWITCHES = [
 
 def build(bundle: str, overrides: dict):
     folder = ROOT / "bundles" / bundle
-    parser = ConfigParser()
-    parser.read_config([str(f) for f in config_files(folder, "train", "demo")])
-    parser.update({**SMALL[bundle], "dataset_dir": "unused", **overrides})
-    with bundle_scripts(folder):
-        torch.manual_seed(0)
-        net = parser.get_parsed_content("network_def", lazy=False)
-        loss = parser.get_parsed_content("loss", lazy=False)
+    parser = bundle_parser(folder, "train", "tiny", "demo", overrides={**SMALL[bundle], "dataset_dir": "unused", **overrides})
+    torch.manual_seed(0)
+    net = parser.get_parsed_content("network_def", lazy=False)
+    loss = parser.get_parsed_content("loss", lazy=False)
     return parser, net, loss
 
 

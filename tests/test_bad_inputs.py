@@ -42,7 +42,7 @@ import pytest
 import torch
 from PIL import Image
 
-from common.core.errors import DatasetError, PretrainedWeightsError
+from transforms.base.errors import DatasetError, PretrainedWeightsError
 from common.data.datalist import build_datalist, check_records, file_datalist
 from common.data.pannuke.reader import pannuke_datalist
 from common.data.pannuke.synthetic import write_sample_pannuke
@@ -292,7 +292,7 @@ def _qata_without_columns(tmp_path):
 
 
 def test_an_output_folder_that_cannot_be_written_is_refused_before_training(tmp_path):
-    from common.core.errors import CheckpointError
+    from transforms.base.errors import CheckpointError
     from common.engine.checkpoints import ResumeHandler
 
     blocker = tmp_path / "a_file"
@@ -302,7 +302,7 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_training(tmp_
 
 
 def test_cuda_asked_for_on_a_machine_without_it(monkeypatch):
-    from common.core.errors import ConfigurationError
+    from transforms.base.errors import ConfigurationError
     from common.engine.network import prepare_network
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

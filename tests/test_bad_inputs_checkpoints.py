@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from common.engine.config_files import config_file_arg
+
 from bundle_runner import bundle
-from common.core.errors import CheckpointError
+from transforms.base.errors import CheckpointError
 from common.engine.checkpoints import ModelDescription, ModelWeights, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +36,7 @@ def checkpoints(tmp_path_factory):
 
     def make(name: str):
         if name not in made:
-            cfg = read_bundle_config(name, ("train", "demo"), {"dataset_dir": str(out / "no-data")})
+            cfg = read_bundle_config(name, ("train", "tiny", "demo"), {"dataset_dir": str(out / "no-data")})
             network = cfg.get_parsed_content("network_def")
             state = {"model": ModelWeights(network).state_dict(),
                      "description": ModelDescription(network, bundle_folder(name), settings={"image_size": 32}).state_dict()}
@@ -79,7 +81,7 @@ def _payloads(marker: Path) -> dict:
         "expression": f"$__import__('pathlib').Path({str(marker)!r}).write_text('x') and 0.1",
         "target": {"_target_": "os.system", "command": f"touch {marker}"},
         "target_of_a_module_that_runs_on_import": {"_target_": "antigravity.geohash", "latitude": 1.0},
-        "shared_class_that_is_not_configurable": {"_target_": "common.core.errors.DatasetError", "path": str(marker),
+        "shared_class_that_is_not_configurable": {"_target_": "transforms.base.errors.DatasetError", "path": str(marker),
                                                   "problem": "x"},
         "reference": "@__builtins__",
         "macro": f"%{marker}::x",
@@ -217,7 +219,7 @@ def test_the_bundle_commands_refuse_a_crafted_checkpoint(run_id, checkpoints, tm
     configs = ROOT / "bundles" / "tmca" / "configs"
     if run_id == "inferring":
         Image.new("RGB", (32, 32)).save(tmp_path / "x.png")
-        args = ["inferring", "--config_file", str(configs / "inference.yaml"), "--image", str(tmp_path / "x.png"),
+        args = ["inferring", "--config_file", str([str(configs / "train.yaml"), str(configs / "inference.yaml")]), "--image", str(tmp_path / "x.png"),
                 "--text", "a polyp", "--output_dir", str(tmp_path / "out")]
     else:
         from common.data.synthetic.sample_datasets import write_sample_dataset
@@ -225,7 +227,7 @@ def test_the_bundle_commands_refuse_a_crafted_checkpoint(run_id, checkpoints, tm
         data = write_sample_dataset("kvasir", tmp_path / "data", n=5, size=32, seed=0)
         extra = "evaluate" if run_id == "evaluating" else "finetune"
         args = ["evaluating" if run_id == "evaluating" else "training",
-                "--config_file", f"['{configs / 'train.yaml'}','{configs / 'demo.yaml'}','{configs / extra}.yaml']",
+                "--config_file", config_file_arg(ROOT / "bundles" / "tmca", "train", "tiny", "demo", extra),
                 "--dataset_dir", str(data), "--output_dir", str(tmp_path / "out")]
     proc = bundle(*args, "--checkpoint", str(path), check=False)
     assert proc.returncode != 0
@@ -244,7 +246,7 @@ def test_resuming_with_another_setting_names_it_in_one_line(tmp_path):
     from common.engine.checkpoints import ResumeHandler
 
     def description(encoder: str) -> ModelDescription:
-        cfg = read_bundle_config("tmca", ("train", "demo"), {"dataset_dir": str(tmp_path / "none"), "image_encoder": encoder})
+        cfg = read_bundle_config("tmca", ("train", "tiny", "demo"), {"dataset_dir": str(tmp_path / "none"), "image_encoder": encoder})
         return ModelDescription(cfg.get_parsed_content("network_def"), bundle_folder("tmca"))
 
     trained, ckpt_dir = description("convnext_atto"), tmp_path / "models"

@@ -11,15 +11,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser
 from monai.transforms import Compose
 from PIL import Image
 
-from common.core.describe import bundle_scripts
-from common.core.errors import DatasetError
+from transforms.base.errors import DatasetError
 from common.data.datalist import build_datalist
 from common.data.lvit import read_text_table
 from transforms import BinarizeMaskd, LoadImageSafed
+from bundle_runner import bundle_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 16
@@ -28,11 +27,9 @@ SIZE = 16
 def _tmca_load_transforms() -> Compose:
     """The transforms TMCA's train.yaml loads an image and its mask with, for a ``datalist``."""
     folder = ROOT / "bundles" / "tmca"
-    parser = ConfigParser()
-    parser.read_config(str(folder / "configs" / "train.yaml"))
-    parser.update({"dataset_format": "datalist", "image_size": SIZE})
-    with bundle_scripts(folder):
-        return Compose(parser.get_parsed_content("load_transforms", lazy=False))
+    # text_tokens: the processor (which load_transforms reads) would otherwise measure the training texts
+    parser = bundle_parser(folder, "train", overrides={"dataset_format": "datalist", "image_size": SIZE, "text_tokens": 24})
+    return Compose(parser.get_parsed_content("load_transforms", lazy=False))
 
 
 def _rgba_mask(path: Path, foreground: tuple[slice, slice], alpha: np.ndarray | int = 255, colour=(255, 0, 0)):

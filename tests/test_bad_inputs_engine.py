@@ -20,7 +20,7 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 
-from common.core.errors import CheckpointError
+from transforms.base.errors import CheckpointError
 from common.engine.checkpoints import AtomicSaver, EpochCheckpointSaver, ResumeHandler, resume_path
 from common.engine.run_lock import LOCK_NAME
 
@@ -214,7 +214,7 @@ RANK = """
 import json, os, sys
 from pathlib import Path
 import torch.distributed as dist
-from common.core.errors import CheckpointError
+from transforms.base.errors import CheckpointError
 from common.engine.run_lock import LOCK_NAME, hold_output_folder
 
 rank, init_file, free, busy = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common.core.errors import ConfigurationError, DatasetError
+from transforms.base.errors import ConfigurationError, DatasetError
 from common.data.bcss.referring import build_referring_records
 from common.data.bcss.synthetic import write_sample_bcss
 from common.data.datalist import file_datalist

@@ -23,9 +23,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+from common.engine.config_files import config_file_arg
 from PIL import Image
 
-from common.core.errors import DatasetError
+from transforms.base.errors import DatasetError
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "scripts" / "label_app"
@@ -271,7 +273,7 @@ import torch
 from monai.data import CacheDataset
 from monai.transforms import Transform
 from common.core.config import install_error_summary
-from common.core.errors import DatasetError
+from transforms.base.errors import DatasetError
 
 
 class Load(Transform):
@@ -310,12 +312,10 @@ def test_coseg_training_on_a_broken_geojson_exits_1_naming_it(tmp_path):
     broken = sorted((data / NUCLEI).glob("*.geojson"))
     for path in broken:  # whichever ROIs the split and --limit pick, the first one loaded is broken
         path.write_text("not json")
-    tiny = ["--sam2_config", "$common.networks.sam2.tiny_sam2_config()", "--decoder_mlp_dim", "32",
-            "--prompt_ffn_dim", "32", "--nuclei_classes", "track1"]
-    configs = "[" + ",".join(f"'{ROOT / 'bundles' / 'coseg' / 'configs' / f}.yaml'" for f in ("train", "demo")) + "]"
+    configs = config_file_arg(ROOT / "bundles" / "coseg", "train", "tiny", "demo")
     cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", configs,
            "--dataset_dir", str(data), "--output_dir", str(tmp_path / "run"), "--epochs", "1", "--batch_size", "2",
-           "--limit", "4", "--num_workers", "2", "--progress_bar", "false", "--image_size", "64", *tiny]
+           "--limit", "4", "--num_workers", "2", "--progress_bar", "false", "--image_size", "64", "--nuclei_classes", "track1"]
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
     last = proc.stderr.strip().splitlines()[-1]

@@ -14,15 +14,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from bundle_runner import ROOT, bundle, configs, inference_config, train_args
+from bundle_runner import ROOT, bundle, configs, copy_run, inference_config, train_args
 from common.data.synthetic.sample_datasets import write_sample_dataset
 
 pytestmark = pytest.mark.bundle
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return write_sample_dataset("kvasir", tmp_path_factory.mktemp("data"), n=20, size=64, seed=0)
+def data(tiny) -> Path:
+    return tiny("tmca")["data"]  # the session's TMCA test data: 20 Kvasir-layout images, 64x64
 
 
 def test_a_typo_on_the_command_line_stops_the_run_before_it_starts(data, tmp_path):
@@ -44,11 +44,10 @@ def test_without_validation_data_the_last_model_is_the_model(tmp_path):
     assert "best" not in proc.stdout.split("model file:")[1].splitlines()[0]
 
 
-def test_resuming_keeps_the_best_model_unless_a_better_one_comes(data, tmp_path):
+def test_resuming_keeps_the_best_model_unless_a_better_one_comes(data, tiny, tmp_path):
     """The saved record of the best metric is restored: a resumed run whose validation is worse than the
     best so far leaves model.pt alone (before, the first validation after a restart always replaced it)."""
-    out = tmp_path / "run"
-    bundle(*train_args("tmca", data, out))
+    out = copy_run(tiny("tmca")["run"], tmp_path / "run")  # one epoch of train_args("tmca", data, ...)
     checkpoint = out / "models" / "checkpoint_epoch=1.pt"
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     (priority, filename), = state["best_model"]["_saved"]  # the best Dice so far, and its file
@@ -87,11 +86,10 @@ def test_a_killed_run_resumes_where_it_stopped(data, tmp_path):
     assert sorted(p.name for p in (out / "models").iterdir()) == ["checkpoint_epoch=6.pt", "model.pt"]
 
 
-def test_a_checkpoint_of_another_bundle_is_named_in_one_line(data, tmp_path):
-    bundle(*train_args("tmca", data, tmp_path / "run"))
+def test_a_checkpoint_of_another_bundle_is_named_in_one_line(data, tiny, tmp_path):
     image = next((data / "images").iterdir())
     proc = bundle("inferring", "--config_file", inference_config("lsms"), "--checkpoint",
-                  str(tmp_path / "run" / "models" / "model.pt"), "--image", str(image), "--text", "x", check=False)
+                  str(tiny("tmca")["model"]), "--image", str(image), "--text", "x", check=False)
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]  # after the traceback, the cause in one line
     assert last.startswith("error: CheckpointError: ") and "model.pt: is a checkpoint of tmca" in last

@@ -9,8 +9,8 @@ import pytest
 import torch
 from monai.bundle import ConfigWorkflow
 
-from common.core.describe import bundle_scripts
-from common.core.errors import CheckpointError
+from transforms.base.describe import bundle_config
+from transforms.base.errors import CheckpointError
 from common.data.synthetic.sample_datasets import write_sample_dataset
 from common.engine.checkpoints import ModelDescription, load_model
 from common.engine.config_files import config_files
@@ -21,13 +21,13 @@ TMCA, LSMS = ROOT / "bundles" / "tmca", ROOT / "bundles" / "lsms"
 
 def train_in_process(folder: Path, data: Path, out: Path, **overrides):
     """``training`` of a bundle in this process (as ``monai.bundle run`` does), returning the workflow."""
-    configs = [str(f) for f in config_files(folder, "train", "demo")]
+    configs = [str(f) for f in config_files(folder, "train", "tiny", "demo")]
     settings = dict(dataset_dir=str(data), output_dir=str(out), epochs=1, batch_size=4, limit=4, num_workers=0,
                     progress_bar=False, image_size=64, **overrides)
-    with bundle_scripts(folder):
-        workflow = ConfigWorkflow(config_file=configs, workflow_type=None, run_id="training", **settings)
-        workflow.initialize()
-        workflow.run()
+    workflow = ConfigWorkflow(config_file=configs, workflow_type=None, run_id="training", **settings)
+    workflow.parser.set(bundle_config(workflow.parser.get(), folder))  # the bundle's own package, nothing swapped
+    workflow.initialize()
+    workflow.run()
     return workflow
 
 
@@ -37,9 +37,8 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("ckpt")
     data = write_sample_dataset("kvasir", root / "data", n=12, size=64, seed=0)
     workflow = train_in_process(TMCA, data, root / "run", use_ltem=False)
-    with bundle_scripts(TMCA):
-        network = workflow.parser.get_parsed_content("network")
-        inputs = workflow.parser.get_parsed_content("validate#dataloader")
+    network = workflow.parser.get_parsed_content("network")
+    inputs = workflow.parser.get_parsed_content("validate#dataloader")
     return root / "run" / "models" / "model.pt", network, next(iter(inputs))
 
 
@@ -98,8 +97,7 @@ def test_frozen_pretrained_parts_can_be_left_out(tmp_path):
     assert state["description"]["excluded"] == ["text_encoder."]
     assert state["description"]["network"]["text_encoder"]["pretrained"] is True
     loaded = load_model(str(tmp_path / "run" / "models" / "model.pt"), str(TMCA))
-    with bundle_scripts(TMCA):
-        network = workflow.parser.get_parsed_content("network").eval()
+    network = workflow.parser.get_parsed_content("network").eval()
     ids = torch.randint(1, 1000, (1, 24))
     args = (torch.randn(1, 3, 64, 64), ids, torch.ones_like(ids))
     with torch.no_grad():

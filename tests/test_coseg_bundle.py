@@ -10,13 +10,12 @@ import yaml
 from PIL import Image
 
 from bundle_runner import bundle as _bundle
-from bundle_runner import configs, eval_args, inference_config, train_args, trained_model
+from bundle_runner import configs, eval_args, inference_config, train_args
 from common.data.puma.reader import IMAGES, NUCLEI
 from common.data.puma.synthetic import write_sample_puma
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "bundles" / "coseg" / "configs"
-SMALL = ["--sam2_config", "$common.networks.sam2.tiny_sam2_config()", "--decoder_mlp_dim", "32", "--prompt_ffn_dim", "32"]
 
 pytestmark = pytest.mark.bundle
 
@@ -26,11 +25,13 @@ def bundle(*args, **kwargs):
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return write_sample_puma(tmp_path_factory.mktemp("data"), n=10, size=64, seed=0)
+def data(tiny) -> Path:
+    return tiny("coseg")["data"]  # 10 PUMA-layout ROIs, 64x64
 
 
-trained = trained_model("coseg", "--batch_size", "2", "--nuclei_classes", "track1", *SMALL)
+@pytest.fixture(scope="module")
+def trained(tiny) -> Path:
+    return tiny("coseg")["run"]  # the session's tiny Co-Seg: one epoch, batch 2, track1 nuclei classes
 
 
 def test_one_epoch_writes_a_self_describing_checkpoint_and_the_split(trained):
@@ -95,7 +96,7 @@ def test_a_broken_annotation_stops_training_naming_the_file_and_feature(data, tm
     content = json.loads(victim.read_text())
     content["features"][2]["properties"]["classification"]["name"] = "nuclei_unicorn"
     victim.write_text(json.dumps(content))
-    proc = bundle(*train_args("coseg", broken, tmp_path / "out", "--limit", "0", *SMALL), check=False)
+    proc = bundle(*train_args("coseg", broken, tmp_path / "out", "--limit", "0"), check=False)
     assert proc.returncode != 0 and victim.name in proc.stderr and "feature 2 has class 'nuclei_unicorn'" in proc.stderr
 
 
@@ -104,7 +105,7 @@ def test_two_process_gloo_ddp(tmp_path):
     out = tmp_path / "ddp"
     proc = bundle("training", "--config_file", configs("coseg", "multi_gpu_train"), "--epochs", "1", "--limit", "4",
                   "--dataset_dir", str(data), "--output_dir", str(out), "--batch_size", "1", "--num_workers", "0",
-                  "--progress_bar", "false", "--image_size", "64", *SMALL, torchrun=True)
+                  "--progress_bar", "false", "--image_size", "64", torchrun=True)
     assert proc.stdout.count("model file: ") == 1
     state = torch.load(out / "models" / "model.pt", map_location="cpu", weights_only=True)["model"]
     assert not any(k.startswith("module.") for k in state)

@@ -10,8 +10,8 @@ from transformers import Sam2Config, Sam2Model, Sam2VisionConfig, Sam2VisionMode
 from bundles.coseg.scripts.losses import CoSegLoss, hv_gradients, msge_loss
 from bundles.coseg.scripts.network import CoSeg
 from bundles.coseg.scripts.rp_encoder import RPEncoder
-from common.core.describe import describe, instantiate
-from common.core.errors import PretrainedWeightsError
+from transforms.base.describe import describe, instantiate
+from transforms.base.errors import PretrainedWeightsError
 from common.networks.sam2 import Sam2ImageEncoder, sam2_hiera_large_config, tiny_sam2_config
 
 TINY = dict(num_tissue_classes=4, num_nuclei_types=3, decoder_mlp_dim=64, prompt_ffn_dim=64)

@@ -10,7 +10,7 @@ from PIL import Image
 
 from common.data.datalist import build_datalist
 from common.data.lvit import read_text_table
-from common.core.errors import DatasetError
+from transforms.base.errors import DatasetError
 from common.data.synthetic.sample_datasets import write_sample_dataset
 
 

@@ -9,9 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from common.core.describe import (
+from transforms.base.describe import (
     ConfigurationError,
-    bundle_scripts,
+    bundle_config,
+    bundle_package,
     coerce,
     configurable,
     describe,
@@ -113,14 +114,45 @@ def test_bundle_code_is_named_as_a_bundle_config_names_it(root):
     assert target_name(Encoder) == f"{__name__}.Encoder"
 
 
-def test_bundle_scripts_resolve_to_the_bundle_asked_for(root):
-    before = sys.modules.get("scripts")
-    with bundle_scripts(root / "bundles" / "lsms"):
-        import scripts.network as lsms_network
+def _scripts_modules() -> dict:
+    return {name: module for name, module in sys.modules.items() if name == "scripts" or name.startswith("scripts.")}
 
-        assert hasattr(lsms_network, "LSMS")
-    with bundle_scripts(root / "bundles" / "tmca"):
-        import scripts.network as tmca_network
 
-        assert hasattr(tmca_network, "TMCA") and not hasattr(tmca_network, "LSMS")
-    assert sys.modules.get("scripts") is before
+def test_bundle_package_resolves_to_the_bundle_asked_for(root):
+    before = _scripts_modules()
+    lsms = bundle_package(root / "bundles" / "lsms")
+    assert hasattr(lsms.network, "LSMS")
+    tmca = bundle_package(root / "bundles" / "tmca")
+    assert hasattr(tmca.network, "TMCA") and not hasattr(tmca.network, "LSMS")
+    assert bundle_package(root / "bundles" / "lsms") is lsms  # imported once, never replaced
+    assert _scripts_modules() == before  # no module named scripts was swapped, added or removed
+
+
+def test_two_bundles_configs_name_their_own_package(root):
+    before = _scripts_modules()
+    config = {"imports": ["$import scripts", "$import common"],
+              "network_def": {"_target_": "scripts.network.X", "loss": {"_target_": "monai.losses.DiceLoss"}},
+              "out": "$scripts.inference.x(@network_def)", "from": "$from scripts.losses import Y"}
+    lsms, tmca = (bundle_config(config, root / "bundles" / name) for name in ("lsms", "tmca"))
+    assert lsms["imports"] == ["$import bundles.lsms.scripts as scripts", "$import common"]
+    assert lsms["network_def"] == {"_target_": "bundles.lsms.scripts.network.X",
+                                   "loss": {"_target_": "monai.losses.DiceLoss"}}
+    assert lsms["out"] == config["out"] and lsms["from"] == "$from bundles.lsms.scripts.losses import Y"
+    assert tmca["network_def"]["_target_"] == "bundles.tmca.scripts.network.X"
+    assert config["network_def"]["_target_"] == "scripts.network.X"  # a copy
+    assert _scripts_modules() == before
+
+
+def test_a_bundle_outside_the_repository_gets_a_package_of_its_own(root, tmp_path):
+    import shutil
+
+    from bundles.tmca.scripts.network import TMCA
+
+    copy = tmp_path / "tmca"
+    shutil.copytree(root / "bundles" / "tmca" / "scripts", copy / "scripts",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    before = _scripts_modules()
+    package = bundle_package(copy)
+    assert package.__name__.startswith("_tgseg_bundle_tmca_") and package.network.TMCA is not TMCA
+    assert target_name(package.network.TMCA) == "scripts.network.TMCA"
+    assert _scripts_modules() == before

@@ -10,9 +10,9 @@ import torch
 from monai.data import CacheDataset, DataLoader, ThreadDataLoader
 from monai.transforms import Compose, Lambdad, RandFlipd, ToDeviced
 
-from common.core.errors import ConfigurationError
+from transforms.base.errors import ConfigurationError
 from common.engine.device_data import dataloader, to_device
-from common.engine.config_files import config_files
+from bundle_runner import bundle_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -209,10 +209,8 @@ def test_a_loader_the_cache_stops_at_is_refused_naming_it():
 def test_monchs_data_is_cached_on_the_device_for_either_reader(tmp_path, dataset_format):
     import json
 
-    from monai.bundle import ConfigParser
     from PIL import Image
 
-    from common.core.describe import bundle_scripts
     from common.data.pannuke.synthetic import write_sample_pannuke
 
     folder = ROOT / "bundles" / "monch"
@@ -228,12 +226,10 @@ def test_monchs_data_is_cached_on_the_device_for_either_reader(tmp_path, dataset
             records.append({"image": f"i{i}.png", "label": f"m{i}.png"})
         for split in ("train", "val"):
             (data / f"{split}.json").write_text(json.dumps(records))
-    parser = ConfigParser()
-    parser.read_config([str(f) for f in config_files(folder, "train", "demo")])
-    parser.update({"dataset_dir": str(data), "dataset_format": dataset_format, "data_on_device": True,
-                   "cache_rate": 1.0, "device": "cpu", "image_size": 32})
-    with bundle_scripts(folder):
-        loader = parser.get_parsed_content("train#dataloader", lazy=False)
+    parser = bundle_parser(folder, "train", "tiny", "demo", overrides={
+        "dataset_dir": str(data), "dataset_format": dataset_format, "data_on_device": True, "cache_rate": 1.0,
+        "device": "cpu", "image_size": 32})
+    loader = parser.get_parsed_content("train#dataloader", lazy=False)
     dataset = loader.dataset
     assert isinstance(loader, ThreadDataLoader) and len(dataset._cache) == len(dataset.data) > 0
     assert tuple(dataset._cache[0]["image"].shape) == (3, 32, 32)   # decoded, resized and moved, once

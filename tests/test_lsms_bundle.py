@@ -9,8 +9,7 @@ import torch
 import yaml
 from PIL import Image
 
-from bundle_runner import bundle, configs, eval_args, inference_config, train_args, trained_model
-from common.data.referring_ct.synthetic import ensure_sample_referring_ct
+from bundle_runner import bundle, configs, eval_args, inference_config, train_args
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "bundles" / "lsms" / "configs"
@@ -19,11 +18,13 @@ pytestmark = pytest.mark.bundle
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return Path(ensure_sample_referring_ct(tmp_path_factory.mktemp("data"), n_cases=4, size=64, depth=8, seed=0))
+def data(tiny) -> Path:
+    return tiny("lsms")["data"]  # 4 synthetic CT cases, 64x64x8
 
 
-trained = trained_model("lsms")
+@pytest.fixture(scope="module")
+def trained(tiny) -> Path:
+    return tiny("lsms")["run"]  # the session's tiny LSMS: one epoch, one iteration
 
 
 def test_one_training_iteration_logs_every_loss_term(trained):
@@ -79,7 +80,7 @@ def test_inferring_a_png_slice_and_a_volume_slice(data, trained, tmp_path):
     record = json.loads((data / "test.jsonl").read_text().splitlines()[0])
     out = tmp_path / "infer"
     ckpt = str(trained / "models" / "model.pt")
-    bundle("inferring", "--config_file", "configs/inference.yaml", "--checkpoint", ckpt, "--image",
+    bundle("inferring", "--config_file", "['configs/train.yaml','configs/inference.yaml']", "--checkpoint", ckpt, "--image",
            str(data / record["image"]), "--text", record["text"], "--output_dir", str(out),
            cwd=ROOT / "bundles" / "lsms")
     stem = Path(record["image"]).stem

@@ -1,5 +1,6 @@
-"""The LTSE bundle through `python -m monai.bundle` (subprocesses, CPU): a tiny LLaVA folder and a tiny SAM
-checkpoint written in the test stand in for LLaVA-7B and SAM ViT-H, loaded by the same code paths."""
+"""The LTSE bundle through `python -m monai.bundle` (subprocesses, CPU): the tiny LLaVA folder and tiny SAM
+checkpoint of tiny.yaml, written into the test's folder, stand in for LLaVA-7B and SAM ViT-H, loaded by the same
+code paths."""
 
 import json
 import subprocess
@@ -10,11 +11,7 @@ import pytest
 import torch
 
 from bundle_runner import bundle as _bundle
-from bundle_runner import configs, inference_config
-from common.data.bcss.referring import build_referring_records
-from common.data.bcss.synthetic import write_sample_bcss
-from common.networks.llava import save_tiny_llava
-from common.networks.sam import save_tiny_sam_checkpoint
+from bundle_runner import configs, copy_run, inference_config, ltse_args
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.bundle
@@ -25,28 +22,24 @@ def bundle(*args, **kwargs):
 
 
 @pytest.fixture(scope="module")
-def parts(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("ltse_data")
-    records = build_referring_records(write_sample_bcss(folder, n=10, size=128, seed=0), folder / "ref",
-                                      patch_size=64, seed=0, progress=False)
-    return {"records": records, "llava": save_tiny_llava(folder / "llava"),
-            "sam": save_tiny_sam_checkpoint(folder / "sam" / "sam_tiny.pth")}
+def parts(tiny):
+    """The session's LTSE test data: ``records`` (BCSS referring records, 10 ROIs of 128x128, 64-pixel patches),
+    ``bases`` (where the tiny "pretrained" LLaVA and SAM of tiny.yaml are written), ``run`` (its tiny model)."""
+    shared = tiny("ltse")
+    return {"records": shared["data"], "bases": shared["bases"], "run": shared["run"], "data": shared["data"],
+            "llava": str(shared["bases"]) + "/tiny_llava", "sam": str(shared["bases"]) + "/tiny_sam/sam_tiny.pth"}
 
 
 def common_args(parts, out, train=True):
-    """Data, output and machine; training also names the tiny bases (evaluation reads them from the checkpoint)."""
-    bases = ["--llava_name_or_path", parts["llava"], "--sam_checkpoint", parts["sam"]] if train else []
-    return ["--records_file", str(parts["records"]), "--output_dir", str(out), *bases, "--num_workers", "0",
-            "--progress_bar", "false", "--limit", "6"]
+    """Data, output and machine; training also names where the tiny bases are (evaluation reads them from the
+    checkpoint)."""
+    return ltse_args(parts, out, train)
 
 
 @pytest.fixture(scope="module")
-def trained(parts, tmp_path_factory):
-    out = tmp_path_factory.mktemp("ltse_run")
-    proc = bundle("training", "--config_file", configs("ltse"), *common_args(parts, out), "--epochs", "1",
-                  "--batch_size", "2", "--accumulation_steps", "2", "--max_new_tokens", "12")
-    assert "model file: " in proc.stdout
-    return out
+def trained(parts):
+    """The session's tiny LTSE: one epoch on 6 records, batch 2, 2 accumulation steps, 12 new tokens at most."""
+    return parts["run"]
 
 
 def test_training_saves_only_the_trained_parts_and_where_the_bases_come_from(trained, parts):
@@ -105,12 +98,13 @@ def test_an_architecture_flag_at_evaluation_is_refused(trained, parts):
     assert proc.returncode != 0 and "num_experts" in proc.stdout + proc.stderr
 
 
-def test_resuming_continues_from_the_last_epoch(trained, parts):
-    proc = bundle("training", "--config_file", configs("ltse"), *common_args(parts, trained), "--epochs", "2",
+def test_resuming_continues_from_the_last_epoch(trained, parts, tmp_path):
+    resumed = copy_run(trained, tmp_path / "resumed")  # the shared run stays as it was trained
+    proc = bundle("training", "--config_file", configs("ltse"), *common_args(parts, resumed), "--epochs", "2",
                   "--batch_size", "2", "--accumulation_steps", "2", "--max_new_tokens", "12", "--resume", "true",
                   "--overwrite", "false")
     assert "resuming" in (proc.stdout + proc.stderr).lower()
-    state = torch.load(trained / "models" / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=True)
+    state = torch.load(resumed / "models" / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=True)
     assert state["trainer"]["iteration"] == 6   # 3 more iterations after the first epoch's 3
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from common.core.errors import DatasetError
+from transforms.base.errors import DatasetError
 from common.data.bcss.reader import read_code_table
 from common.data.bcss.referring import build_referring_records, read_referring_records, referring_datalist
 from common.data.bcss.synthetic import write_sample_bcss

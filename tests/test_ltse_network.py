@@ -15,8 +15,8 @@ from common.data.seg_answers import (build_answer, masks_for_targets, seg_target
                                      special_tokens)
 from bundles.ltse.scripts.losses import LTSELoss, causal_lm_loss
 from bundles.ltse.scripts.network import LTSE
-from common.core.describe import describe, instantiate
-from common.core.errors import CheckpointError, DatasetError, PretrainedWeightsError
+from transforms.base.describe import describe, instantiate
+from transforms.base.errors import CheckpointError, DatasetError, PretrainedWeightsError
 from common.engine.checkpoints import ModelDescription, load_weights
 from bundle_runner import ROOT
 from common.networks.llava import LlavaLM, save_tiny_llava, tokenize_conversation
@@ -322,7 +322,7 @@ def test_a_model_whose_bases_lie_elsewhere_on_this_machine_loads_when_told_where
     machine the error says which sources it needs and --pretrained_sources points them to local copies."""
     import shutil
 
-    from common.core.describe import ConfigurationError
+    from transforms.base.describe import ConfigurationError
     from common.engine.checkpoints import load_model
 
     net = make_ltse(llava_dir, checkpoint=sam_checkpoint)

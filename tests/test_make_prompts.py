@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common.core.errors import DatasetError
+from transforms.base.errors import DatasetError
 from common.data.mask_prompts import PromptSettings, attributes, prompts, record_rng
 from common.data.prompt_json import prompt_json_datalist
 

@@ -1,7 +1,7 @@
 """MONAI Label: the real server, from its own environment (.venv-label, `make label-env`), serving the five
 bundles as model-zoo packages on 127.0.0.1, spoken to over HTTP as a client does.
 
-Tiny models are trained here through `python -m monai.bundle`, packaged with scripts/package.py and
+Tiny models (the session's, trained through `python -m monai.bundle`) are packaged with scripts/package.py and
 unzipped into a serving folder, as the README tells a user to do.
 """
 
@@ -27,18 +27,12 @@ import pytest
 import torch
 from PIL import Image
 
-from bundle_runner import bundle, configs, train_args
+from bundle_runner import BUNDLES, bundle, configs
 from common.data.puma.reader import IMAGES
 
 ROOT = Path(__file__).resolve().parents[1]
-BUNDLES = sorted(p.parent.parent.name for p in ROOT.glob("bundles/*/configs/train.yaml"))
 LABEL_VENV = Path(os.environ.get("TGSEG_LABEL_VENV", ROOT / ".venv-label"))
 LABEL_PY = LABEL_VENV / "bin" / "python"
-TINY_CLIP = ["--image_size", "32", "--clip_model", "null", "--clip_model_cfg",
-             "$common.networks.clip_encoders.tiny_clip_config(image_size=32, patch_size=8, width=32, layers=1, "
-             "text_width=32, embed_dim=32)", "--feature_channels", "32", "--attention_heads", "4", "--head_channels", "8"]
-TINY_SAM2 = ["--image_size", "64", "--sam2_config", "$common.networks.sam2.tiny_sam2_config()",
-             "--decoder_mlp_dim", "32", "--prompt_ffn_dim", "32", "--nuclei_classes", "track1"]
 PROMPTS = ("one small pink oval polyp, located in bottom right of the image",
            "one large pink oval polyp, located in top left of the image")
 
@@ -109,40 +103,25 @@ def _package(name: str, model: Path, served: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory) -> dict:
-    from common.data.pannuke.synthetic import write_sample_pannuke
-    from common.data.puma.synthetic import write_sample_puma
-    from common.data.referring_ct.synthetic import ensure_sample_referring_ct
-    from common.data.bcss.referring import build_referring_records
-    from common.data.bcss.synthetic import write_sample_bcss
+def served(tiny, tmp_path_factory) -> dict:
+    """Every bundle packaged and unzipped into a serving folder: the session's tiny models (tests/bundle_runner.py),
+    except TMCA's, trained here a few epochs longer on more images (the text must change its mask)."""
     from common.data.synthetic.sample_datasets import write_sample_dataset
-    from common.networks.llava import save_tiny_llava
-    from common.networks.sam import save_tiny_sam_checkpoint
 
     root = tmp_path_factory.mktemp("label")
-    data = {"tmca": write_sample_dataset("kvasir", root / "data", n=48, size=64, seed=0),
-            "lsms": Path(ensure_sample_referring_ct(root / "data", n_cases=4, size=64, depth=8, seed=0)),
-            "monch": write_sample_pannuke(root / "data", n_per_fold=4, size=32, seed=0),
-            "coseg": write_sample_puma(root / "data", n=10, size=64, seed=0),
-            "ltse": build_referring_records(write_sample_bcss(root / "data" / "bcss", n=10, size=128, seed=0),
-                                            root / "data" / "bcss_ref", patch_size=64, seed=0, progress=False)}
-    bundles = {}
-    for name in BUNDLES:  # a bundle without sample data above fails here (KeyError), never silently left out
-        out = root / "runs" / name
-        if name == "ltse":  # tiny "pretrained" LLaVA folder and SAM file, named by the checkpoint's description
-            bundle("training", "--config_file", configs(name), "--records_file", str(data[name]), "--output_dir",
-                   str(out), "--llava_name_or_path", save_tiny_llava(root / "bases" / "llava"), "--sam_checkpoint",
-                   save_tiny_sam_checkpoint(root / "bases" / "sam" / "sam_tiny.pth"), "--epochs", "1",
-                   "--batch_size", "2", "--accumulation_steps", "1", "--limit", "4", "--num_workers", "0",
-                   "--progress_bar", "false", "--max_new_tokens", "8")
-        elif name == "tmca":  # a few epochs on every training image: enough for the text to change the mask
+    data, bundles = {}, {}
+    for name in BUNDLES:  # a bundle without test data fails here (KeyError), never silently left out
+        if name == "tmca":  # a few epochs on every training image: enough for the text to change the mask
+            data[name] = write_sample_dataset("kvasir", root / "data", n=48, size=64, seed=0)
+            out = root / "runs" / name
             bundle("training", "--config_file", configs(name), "--dataset_dir", str(data[name]), "--output_dir",
                    str(out), "--epochs", "4", "--batch_size", "8", "--image_size", "64", "--num_workers", "0",
                    "--progress_bar", "false")
+            model = out / "models" / "model.pt"
         else:
-            extra = {"monch": ["--batch_size", "2", *TINY_CLIP], "coseg": ["--batch_size", "2", *TINY_SAM2]}
-            bundle(*train_args(name, data[name], out, *extra.get(name, [])))
-        bundles[name] = _package(name, out / "models" / "model.pt", root / "served")
+            shared = tiny(name)
+            data[name], model = shared["data"], shared["model"]
+        bundles[name] = _package(name, model, root / "served")
     return {"root": root, "data": data, "bundles": bundles}
 
 

@@ -10,15 +10,10 @@ import yaml
 from PIL import Image
 
 from bundle_runner import bundle as _bundle
-from bundle_runner import configs, eval_args, inference_config, train_args, trained_model
-from common.data.pannuke.synthetic import write_sample_pannuke
+from bundle_runner import configs, eval_args, inference_config, train_args
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "bundles" / "monch" / "configs"
-TINY = "$common.networks.clip_encoders.tiny_clip_config(image_size=32, patch_size=8, width=32, layers=1, text_width=32, embed_dim=32)"
-# a smaller network than the demo's, at 32x32 (training only: evaluation and inference read it from the checkpoint)
-MODEL = ["--image_size", "32", "--clip_model", "null", "--clip_model_cfg", TINY, "--feature_channels", "32",
-         "--attention_heads", "4", "--head_channels", "8"]
 
 pytestmark = pytest.mark.bundle
 
@@ -28,11 +23,13 @@ def bundle(*args, **kwargs):
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return write_sample_pannuke(tmp_path_factory.mktemp("data"), n_per_fold=4, size=32, seed=0)
+def data(tiny) -> Path:
+    return tiny("monch")["data"]  # 3 PanNuke-layout folds of 4 patches, 32x32
 
 
-trained = trained_model("monch", "--batch_size", "2", *MODEL)
+@pytest.fixture(scope="module")
+def trained(tiny) -> Path:
+    return tiny("monch")["run"]  # the session's tiny MONCH at 32x32: one epoch, batch 2
 
 
 def test_one_epoch_writes_checkpoints_and_logs(trained):
@@ -41,9 +38,10 @@ def test_one_epoch_writes_checkpoints_and_logs(trained):
     state = torch.load(models / "checkpoint_epoch=1.pt", map_location="cpu", weights_only=True)
     assert set(state) == {"model", "description", "best_model", "optimizer", "lr_scheduler", "trainer"}
     assert state["trainer"]["iteration"] == 2  # 4 patches, batch 2
-    assert state["model"]["class_text"].shape == (6, 3, 32)  # the encoded prompts travel with the weights
+    assert state["model"]["class_text"].shape == (6, 3, 64)  # the encoded prompts travel with the weights (tiny: 64-wide)
     network = state["description"]["network"]
-    assert network["backbone"]["pretrained"] is None and network["backbone"]["model_cfg"]["vision_cfg"]["patch_size"] == 8
+    assert network["backbone"]["pretrained"] is None and network["backbone"]["model_cfg"]["vision_cfg"]["patch_size"] == 4
+    assert network["backbone"]["model_cfg"]["vision_cfg"]["image_size"] == 32  # tiny.yaml's CLIP follows image_size
     assert set(network["prompts"]) == {"background", "neoplastic", "inflammatory", "connective", "dead", "epithelial"}
     assert state["lr_scheduler"]["base_lrs"] == [3.0e-3] and state["lr_scheduler"]["gamma"] == 0.1
     assert any((trained / "logs").iterdir())
@@ -74,7 +72,7 @@ def test_inferring_png_and_patch_stack_from_the_bundle_folder(data, trained, tmp
     np.save(stack, patches[:2].astype(np.uint8))
     out = tmp_path / "infer"
     ckpt = str(trained / "models" / "model.pt")
-    proc = bundle("inferring", "--config_file", "configs/inference.yaml", "--checkpoint", ckpt, "--image", str(png),
+    proc = bundle("inferring", "--config_file", "['configs/train.yaml','configs/inference.yaml']", "--checkpoint", ckpt, "--image", str(png),
                   "--output_dir", str(out), cwd=ROOT / "bundles" / "monch")
     assert "wrote 1 class map" in proc.stdout
     classes = np.asarray(Image.open(out / "patch_classes.png"))
@@ -97,7 +95,7 @@ def test_bad_dataset_fails_naming_the_file(data, tmp_path):
     broken = tmp_path / "PanNuke"
     shutil.copytree(data, broken)
     (broken / "Fold 1" / "images" / "fold1" / "types.npy").unlink()
-    proc = bundle(*train_args("monch", broken, tmp_path / "out", *MODEL), check=False)
+    proc = bundle(*train_args("monch", broken, tmp_path / "out"), check=False)
     assert proc.returncode != 0 and "types.npy" in proc.stderr and "no types.npy" in proc.stderr
 
 
@@ -105,7 +103,7 @@ def test_two_process_gloo_ddp(data, tmp_path):
     out = tmp_path / "ddp"
     proc = bundle("training", "--config_file", configs("monch", "multi_gpu_train"), "--epochs", "1", "--limit", "4",
                   "--dataset_dir", str(data), "--output_dir", str(out), "--batch_size", "2", "--num_workers", "0",
-                  "--progress_bar", "false", *MODEL, torchrun=True)
+                  "--progress_bar", "false", "--image_size", "32", torchrun=True)
     assert proc.stdout.count("model file: ") == 1  # rank 0 only
     state = torch.load(out / "models" / "model.pt", map_location="cpu", weights_only=True)["model"]
     assert "image_encoder.visual.conv1.weight" in state  # saved unwrapped (no "module.")
@@ -146,7 +144,7 @@ def test_trains_and_evaluates_from_a_png_datalist(data, tmp_path):
             rows.append({"image": f"images/{name}.png", "label": f"labels/{name}.png", "organ": record["organ"]})
         (root / f"{split}.json").write_text(json.dumps(rows))
     out = tmp_path / "out"
-    bundle(*train_args("monch", root, out, "--batch_size", "2", "--dataset_format", "datalist", *MODEL))
+    bundle(*train_args("monch", root, out, "--batch_size", "2", "--dataset_format", "datalist"))
     assert (out / "models" / "model.pt").is_file()
     bundle(*eval_args("monch", root, out, "--dataset_format", "datalist", "--num_overlays", "0"))
     summary = json.loads((out / "eval" / "summary.json").read_text())

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from common.core.errors import DatasetError
+from transforms.base.errors import DatasetError
 from common.data.pannuke.reader import CLASS_COLORS, CLASS_NAMES, find_fold, pannuke_datalist
 from common.data.pannuke.synthetic import ensure_sample_pannuke, write_sample_pannuke
 from common.engine.semantic_evaluation import SemanticRecorder

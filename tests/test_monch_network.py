@@ -21,7 +21,7 @@ from bundles.monch.scripts.mgfe import (
 )
 from bundles.monch.scripts.network import CLASS_NAMES, MONCH, load_prompts, to_image_grid
 from common.networks.clip_encoders import OpenClipBackbone, build_open_clip, tiny_clip_config
-from common.core.errors import PretrainedWeightsError
+from transforms.base.errors import PretrainedWeightsError
 
 SIZE = 64
 

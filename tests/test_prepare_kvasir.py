@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common.core.errors import DatasetError
+from transforms.base.errors import DatasetError
 from common.data.prompt_json import prompt_json_datalist
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -3,9 +3,9 @@ import os
 import pytest
 import torch
 
-from common.core.errors import PretrainedWeightsError
+from transforms.base.errors import PretrainedWeightsError
 from common.networks.image_encoders import TimmFeatureEncoder
-from common.core.pretrained import resolve_hf_model
+from transforms.base.pretrained import resolve_hf_model
 from common.networks.text_encoders import HFTextEncoder, masked_mean
 from tests.conftest import MINILM
 

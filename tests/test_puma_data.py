@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common.core.errors import DatasetError
+from transforms.base.errors import DatasetError
 from common.data.puma.reader import IMAGES, NUCLEI, TISSUE, puma_cases, puma_datalist, puma_split
 from common.data.puma.synthetic import write_sample_puma
 from transforms.geojson import polygon_feature, read_features, write_features

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from common.data.datalist import build_datalist
-from common.core.errors import DatasetError
+from transforms.base.errors import DatasetError
 from common.data.referring_ct.builder import build_case, build_referring_dataset, find_pairs
 from common.data.referring_ct.expressions import referring_expression
 from common.data.referring_ct.geometry import max_diameter_mm
@@ -313,7 +313,7 @@ def test_lsms_token_budget_keeps_the_whole_expression(tmp_path, caplog):
     records = build_datalist("refct", tmp_path / "ds", "train")
     parser = ConfigParser()
     configs = Path(__file__).resolve().parents[1] / "bundles" / "lsms" / "configs"
-    parser.read_config([str(f) for f in config_files(configs.parent, "train", "demo")])
+    parser.read_config([str(f) for f in config_files(configs.parent, "train", "tiny", "demo")])
     parser.update({"dataset_dir": str(tmp_path / "ds"), "check_files": False})
     with caplog.at_level(logging.INFO, logger="transforms.text"):
         budget = parser.get_parsed_content("text_tokens")

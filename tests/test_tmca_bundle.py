@@ -11,8 +11,7 @@ import yaml
 from PIL import Image
 
 from common.engine.config_files import config_file_arg
-from bundle_runner import bundle, configs, eval_args, inference_config, train_args, trained_model
-from common.data.synthetic.sample_datasets import write_sample_dataset
+from bundle_runner import bundle, configs, copy_run, eval_args, inference_config, train_args
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "bundles" / "tmca" / "configs"
@@ -21,11 +20,13 @@ pytestmark = pytest.mark.bundle
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return write_sample_dataset("kvasir", tmp_path_factory.mktemp("data"), n=20, size=64, seed=0)
+def data(tiny) -> Path:
+    return tiny("tmca")["data"]  # 20 Kvasir-layout images, 64x64
 
 
-trained = trained_model("tmca")
+@pytest.fixture(scope="module")
+def trained(tiny) -> Path:
+    return tiny("tmca")["run"]  # the session's tiny TMCA: one epoch, one iteration
 
 
 def test_one_training_iteration_writes_checkpoints_and_logs(trained):
@@ -44,10 +45,7 @@ def test_one_training_iteration_writes_checkpoints_and_logs(trained):
 
 
 def test_resume_continues_from_the_last_epoch(data, trained, tmp_path):
-    out = tmp_path / "resumed"
-    (out / "models").mkdir(parents=True)
-    for f in (trained / "models").iterdir():
-        (out / "models" / f.name).write_bytes(f.read_bytes())
+    out = copy_run(trained, tmp_path / "resumed")
     proc = bundle(*train_args("tmca", data, out, "--epochs", "2", "--resume", "true"))
     log = proc.stdout + proc.stderr
     assert "resuming from" in log and "epoch 1 until 2 epochs" in log
@@ -113,10 +111,10 @@ def test_the_kvasir_budget_recipe_stops_at_its_budget_with_a_validated_model(dat
     """kvasir_budget.yaml (every lever, GPU-style augmentation with prompt-aware flips, a wall-clock budget)
     resolves and trains on CPU at a small size; the epoch the budget ends in is validated and the run stops."""
     out = tmp_path / "budget"
-    proc = bundle("training", "--config_file", config_file_arg(ROOT / "bundles" / "tmca", "train", "kvasir_budget"),
-                  "--dataset_dir", str(data), "--output_dir", str(out), "--image_size", "64", "--image_encoder",
-                  "convnext_atto", "--batch_size", "4", "--compile", "false", "--precision", "fp32", "--channels_last",
-                  "false", "--time_budget_s", "4", "--val_interval", "1")
+    proc = bundle("training", "--config_file", config_file_arg(ROOT / "bundles" / "tmca", "train", "tiny", "kvasir_budget"),
+                  "--dataset_dir", str(data), "--output_dir", str(out), "--image_size", "64", "--batch_size", "4",
+                  "--compile", "false", "--precision", "fp32", "--channels_last", "false", "--time_budget_s", "4",
+                  "--val_interval", "1")
     import re
 
     log = proc.stdout + proc.stderr
@@ -149,7 +147,7 @@ def test_inferring_png_and_nifti_from_the_bundle_folder(data, trained, tmp_path)
     test = json.loads((data / "anns" / "test.json").read_text())[0]
     image = data / "images" / test["img_name"]
     out = tmp_path / "infer"
-    proc = bundle("inferring", "--config_file", "configs/inference.yaml", "--checkpoint", str(trained / "models" / "model.pt"),
+    proc = bundle("inferring", "--config_file", "['configs/train.yaml','configs/inference.yaml']", "--checkpoint", str(trained / "models" / "model.pt"),
                   "--image", str(image), "--text", test["prompts"]["p6"], "--output_dir", str(out),
                   cwd=ROOT / "bundles" / "tmca")
     assert "wrote 1 mask(s) for 1 prediction(s)" in proc.stdout

@@ -4,7 +4,7 @@ import torch
 from monai.data import MetaTensor
 from PIL import Image
 
-from common.core.errors import DatasetError
+from transforms.base.errors import DatasetError
 from common.data.datalist import mask_threshold
 from transforms import (
     BinarizeMaskd,

@@ -13,20 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bundle_runner import ROOT, bundle, configs, train_args
-from common.engine.config_files import config_file_arg
-from common.data.bcss.referring import build_referring_records
-from common.data.bcss.synthetic import write_sample_bcss
-from common.data.pannuke.synthetic import write_sample_pannuke
+from bundle_runner import BUNDLES, ROOT, TEST_CONFIGS, bundle, inference_config
 from common.data.puma.reader import IMAGES
-from common.data.puma.synthetic import write_sample_puma
-from common.data.referring_ct.synthetic import ensure_sample_referring_ct
-from common.data.synthetic.sample_datasets import write_sample_dataset
-from common.networks.llava import save_tiny_llava
-from common.networks.sam import save_tiny_sam_checkpoint
+from common.engine.config_files import config_file_arg
 
 pytestmark = pytest.mark.bundle
-BUNDLES = sorted(p.parent.parent.name for p in ROOT.glob("bundles/*/configs/train.yaml"))
 
 
 def _generates_text(name: str) -> bool:
@@ -36,11 +27,6 @@ def _generates_text(name: str) -> bool:
 
 TENSOR_BUNDLES = [name for name in BUNDLES if not _generates_text(name)]
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", TRANSFORMERS_VERBOSITY="error", OMP_NUM_THREADS="1")
-TINY_CLIP = "$common.networks.clip_encoders.tiny_clip_config(image_size=32, patch_size=8, width=32, layers=1, text_width=32, embed_dim=32)"
-SMALLER = {"monch": ["--image_size", "32", "--clip_model", "null", "--clip_model_cfg", TINY_CLIP, "--feature_channels",
-                     "32", "--attention_heads", "4", "--head_channels", "8", "--batch_size", "2"],
-           "coseg": ["--image_size", "64", "--sam2_config", "$common.networks.sam2.tiny_sam2_config()", "--decoder_mlp_dim",
-                     "32", "--prompt_ffn_dim", "32", "--nuclei_classes", "track1", "--batch_size", "2"]}
 
 
 def python(*args, cwd=ROOT, env=None, check=True):
@@ -50,43 +36,34 @@ def python(*args, cwd=ROOT, env=None, check=True):
     return proc
 
 
+def _inputs(name: str, data: Path, folder: Path) -> list:
+    """The inference arguments of one test input of bundle ``name`` (its test data in ``data``)."""
+    if name == "tmca":
+        return ["--image", str(sorted((data / "images").iterdir())[0]), "--text", "one small polyp"]
+    if name == "lsms":
+        record = json.loads((data / "test.jsonl").read_text().splitlines()[0])
+        return ["--image", str(data / record["image"]), "--text", record["text"]]
+    if name == "monch":
+        patch = folder / "patch.png"
+        Image.fromarray(np.load(data / "Fold 3" / "images" / "fold3" / "images.npy")[0].astype(np.uint8)).save(patch)
+        return ["--image", str(patch)]
+    if name == "coseg":
+        return ["--image", str(sorted((data / IMAGES).glob("*.tif"))[0])]
+    if name == "ltse":
+        question = json.loads(Path(data).read_text().splitlines()[0])
+        return ["--image", str(Path(data).parent / question["image"]), "--instruction", question["instruction"]]
+    raise KeyError(f"no test input for bundle {name!r}")
+
+
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """One tiny trained model per bundle and an input for it: ``{bundle: (model.pt, inference arguments)}``."""
-    root = tmp_path_factory.mktemp("zoo")
-    out = {}
-    kvasir = write_sample_dataset("kvasir", root / "data", n=12, size=64, seed=0)
-    refct = Path(ensure_sample_referring_ct(root / "data", n_cases=4, size=64, depth=8, seed=0))
-    pannuke = write_sample_pannuke(root / "data", n_per_fold=4, size=32, seed=0)
-    puma = write_sample_puma(root / "data", n=10, size=64, seed=0)
-    patch = root / "patch.png"
-    Image.fromarray(np.load(pannuke / "Fold 3" / "images" / "fold3" / "images.npy")[0].astype(np.uint8)).save(patch)
-    record = json.loads((refct / "test.jsonl").read_text().splitlines()[0])
-    bcss = build_referring_records(write_sample_bcss(root / "data" / "bcss", n=10, size=128, seed=0),
-                                   root / "data" / "bcss_ref", patch_size=64, seed=0, progress=False)
-    ltse_bases = {"llava": save_tiny_llava(root / "bases" / "llava"),
-                  "sam": save_tiny_sam_checkpoint(root / "bases" / "sam" / "sam_tiny.pth")}
-    question = json.loads(Path(bcss).read_text().splitlines()[0])
-    inputs = {
-        "tmca": (kvasir, ["--image", str(next((kvasir / "images").iterdir())), "--text", "one small polyp"]),
-        "lsms": (refct, ["--image", str(refct / record["image"]), "--text", record["text"]]),
-        "monch": (pannuke, ["--image", str(patch)]),
-        "coseg": (puma, ["--image", str(sorted((puma / IMAGES).glob("*.tif"))[0])]),
-        "ltse": (bcss, ["--image", str(Path(bcss).parent / question["image"]), "--instruction", question["instruction"]]),
-    }
+def trained(tiny, tmp_path_factory):
+    """Each bundle's tiny model (the session's, tests/bundle_runner.py) and an input for it:
+    ``trained(bundle) -> (model.pt, inference arguments)``."""
+    folder = tmp_path_factory.mktemp("zoo_inputs")
 
     def get(name: str):
-        if name not in out:
-            data, args = inputs[name]
-            if name == "ltse":  # the tiny "pretrained" LLaVA folder and SAM file stand in for LLaVA-7B and SAM ViT-H
-                bundle("training", "--config_file", configs("ltse"), "--records_file", str(data), "--output_dir",
-                       str(root / name), "--llava_name_or_path", ltse_bases["llava"], "--sam_checkpoint",
-                       ltse_bases["sam"], "--epochs", "1", "--batch_size", "2", "--accumulation_steps", "1",
-                       "--limit", "4", "--num_workers", "0", "--progress_bar", "false", "--max_new_tokens", "8")
-            else:
-                bundle(*train_args(name, data, root / name, *SMALLER.get(name, [])))
-            out[name] = (root / name / "models" / "model.pt", args)
-        return out[name]
+        shared = tiny(name)
+        return shared["model"], _inputs(name, shared["data"], folder)
 
     return get
 
@@ -106,7 +83,7 @@ def test_net_in_out_verifies_with_the_documented_command(name):
     env = dict(ENV, PYTHONPATH=f"bundles/{name}")
     proc = python("-m", "monai.bundle", "verify_net_in_out", "verification_network", "--meta_file",
                   f"bundles/{name}/configs/metadata.json", "--config_file",
-                  config_file_arg(ROOT / "bundles" / name, "train", "demo", relative_to=ROOT), "--device", "cpu", env=env)
+                  config_file_arg(ROOT / "bundles" / name, *TEST_CONFIGS, relative_to=ROOT), "--device", "cpu", env=env)
     assert "data shape of network is verified with no error" in proc.stdout + proc.stderr
 
 
@@ -170,7 +147,7 @@ def test_exported_models_give_the_eager_output_and_serve_inference(name, trained
     assert rows["torchscript"]["max_difference"] < 1e-3 and rows["onnx"]["max_difference"] < 1e-3
     assert "| onnx |" in proc.stdout
     for form in ("model.ts", "model.onnx"):
-        bundle("inferring", "--config_file", str(ROOT / "bundles" / name / "configs" / "inference.yaml"),
+        bundle("inferring", "--config_file", inference_config(name),
                "--checkpoint", str(tmp_path / form), "--output_dir", str(tmp_path / form.replace(".", "_")), *inputs)
         assert any((tmp_path / form.replace(".", "_")).glob("*.png"))
 
@@ -182,7 +159,7 @@ def test_monais_own_ckpt_export_works_for_the_image_only_bundle(trained, tmp_pat
     env = dict(ENV, PYTHONPATH="bundles/monch")
     python("-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", str(tmp_path / "model.ts"),
            "--ckpt_file", str(model), "--meta_file", "bundles/monch/configs/metadata.json", "--config_file",
-           "bundles/monch/configs/inference.yaml", "--key_in_ckpt", "model", "--use_trace", "True",
+           "['bundles/monch/configs/train.yaml','bundles/monch/configs/inference.yaml']", "--key_in_ckpt", "model", "--use_trace", "True",
            "--input_shape", "[1,3,32,32]", "--checkpoint", str(model), env=env)
     import torch
 
