@@ -66,6 +66,16 @@ def bundle_parser(folder: Path, *names: str, overrides: dict | None = None):
     return parser
 
 
+def package_bundle(name: str, model: Path, out_dir: Path) -> Path:
+    """``python scripts/package.py --bundle name --model model --out_dir out_dir``, run in this process (the
+    same ``main``; the zip it writes is what the tests check): returns the zip."""
+    if str(ROOT / "scripts") not in sys.path:
+        sys.path.insert(0, str(ROOT / "scripts"))
+    import package
+
+    return Path(package.main(bundle=name, model=str(model), out_dir=str(out_dir)))
+
+
 def inference_config(name: str) -> str:
     """The ``--config_file`` value of ``inferring``: the bundle's train.yaml (its transforms) + inference.yaml."""
     return config_file_arg(ROOT / "bundles" / name, "inference")

@@ -27,7 +27,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bundle_runner import BUNDLES, bundle, configs
+from bundle_runner import BUNDLES, bundle, configs, package_bundle
 from common.data.puma.reader import IMAGES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,11 +93,8 @@ def read_png(body: bytes, tmp: Path) -> np.ndarray:
 # trained, packaged, unzipped bundles; a datastore per kind of data
 # ------------------------------------------------------------------------------------------------
 def _package(name: str, model: Path, served: Path) -> Path:
-    dist = served.parent / "dist"
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "package.py"), "--bundle", name, "--model", str(model),
-                    "--out_dir", str(dist)], check=True, capture_output=True, text=True, env=env)
-    with zipfile.ZipFile(next(dist.glob(f"{name}_v*.zip"))) as z:
+    archive = package_bundle(name, model, served.parent / "dist")  # scripts/package.py, in this process
+    with zipfile.ZipFile(archive) as z:
         z.extractall(served)
     return served / name
 

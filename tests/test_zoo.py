@@ -9,11 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import monai.bundle
 import numpy as np
 import pytest
 from PIL import Image
 
-from bundle_runner import BUNDLES, ROOT, TEST_CONFIGS, bundle, inference_config
+from bundle_runner import BUNDLES, ROOT, TEST_CONFIGS, bundle, inference_config, package_bundle
 from common.data.puma.reader import IMAGES
 from common.engine.config_files import config_file_arg
 
@@ -70,9 +71,12 @@ def trained(tiny, tmp_path_factory):
 
 @pytest.mark.parametrize("name", BUNDLES)
 def test_metadata_verifies_offline_against_the_schema_copy(name):
-    proc = python("-m", "monai.bundle", "verify_metadata", "--meta_file", f"bundles/{name}/configs/metadata.json",
-                  "--filepath", "bundles/meta_schema.json")
-    assert "metadata is verified with no error" in proc.stdout + proc.stderr
+    # `python -m monai.bundle verify_metadata --meta_file ... --filepath bundles/meta_schema.json`, in this
+    # process: it raises on a metadata.json that the schema refuses (and would download a missing schema)
+    schema = ROOT / "bundles" / "meta_schema.json"
+    assert schema.is_file()
+    monai.bundle.verify_metadata(meta_file=str(ROOT / "bundles" / name / "configs" / "metadata.json"),
+                                 filepath=str(schema))
     meta = json.loads((ROOT / "bundles" / name / "configs" / "metadata.json").read_text())
     assert "optional_packages_version" not in meta and {"pytorch-ignite", "transformers"} <= set(meta["required_packages_version"])
 
@@ -106,12 +110,12 @@ print("shared code from", sys.modules["scripts.tgseg.common"].__file__)
 @pytest.mark.parametrize("name", BUNDLES)
 def test_the_zip_runs_on_its_own_from_any_folder(name, trained, tmp_path):
     model, inputs = trained(name)
-    python("scripts/package.py", "--bundle", name, "--model", str(model), "--out_dir", str(tmp_path / "dist"))
+    package_bundle(name, model, tmp_path / "dist")
     version = json.loads((ROOT / "bundles" / name / "configs" / "metadata.json").read_text())["version"]
     archive = tmp_path / "dist" / f"{name}_v{version}.zip"
     assert archive.is_file() and archive.stat().st_size < 25 * 2**20
-    python("-m", "monai.bundle", "download", "--name", name, "--version", version, "--bundle_dir",
-           str(tmp_path / "zoo"), "--url", f"file://{archive}", cwd=tmp_path)
+    monai.bundle.download(name=name, version=version, bundle_dir=str(tmp_path / "zoo"), url=f"file://{archive}",
+                          progress=False)  # `python -m monai.bundle download ...`, in this process
     unpacked = tmp_path / "zoo" / name
     assert (unpacked / "configs" / "inference.json").is_file() and (unpacked / "models" / "model.pt").is_file()
     assert not (unpacked / "configs" / "train.yaml").exists() and not (unpacked / "common").exists()
@@ -176,7 +180,7 @@ def test_the_ltse_zip_carries_only_what_training_changed_and_export_says_why_not
     file); the zip holds LoRA, the new tokens' rows, the projector and the experts. TorchScript/ONNX export
     of a model that generates its answer is refused before anything is built, saying why."""
     model, _ = trained("ltse")
-    python("scripts/package.py", "--bundle", "ltse", "--model", str(model), "--out_dir", str(tmp_path))
+    package_bundle("ltse", model, tmp_path)
     import zipfile
 
     import torch
@@ -204,11 +208,10 @@ def test_the_ltse_zip_loads_its_bases_from_where_this_machine_keeps_them(trained
     import torch
 
     model, inputs = trained("ltse")
-    python("scripts/package.py", "--bundle", "ltse", "--model", str(model), "--out_dir", str(tmp_path / "dist"))
-    archive = next((tmp_path / "dist").glob("ltse_v*.zip"))
+    archive = package_bundle("ltse", model, tmp_path / "dist")
     version = archive.stem.split("_v")[1]
-    python("-m", "monai.bundle", "download", "--name", "ltse", "--version", version, "--bundle_dir",
-           str(tmp_path / "zoo"), "--url", f"file://{archive}", cwd=tmp_path)
+    monai.bundle.download(name="ltse", version=version, bundle_dir=str(tmp_path / "zoo"), url=f"file://{archive}",
+                          progress=False)
     network = torch.load(model, map_location="cpu", weights_only=True)["description"]["network"]
     here = tmp_path / "bases_here"
     shutil.copytree(network["llava"]["name_or_path"], here / "llava")
