@@ -33,7 +33,11 @@ def bundle(*args, cwd=ROOT, check=True, torchrun=False, port=29533, timeout=600)
         cmd = [sys.executable, "-m", "monai.bundle", "run", *args]
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+        # every process's one-line cause (each rank of a torchrun job prints its own `error: ...` line), then the tails
+        causes = [line for line in (proc.stdout + proc.stderr).splitlines() if "error: " in line and "]" in line[:12]
+                  or line.startswith("error: ")]
+        raise AssertionError(f"{' '.join(cmd)} failed:\n" + "\n".join(causes) +
+                             f"\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
     return proc
 
 
