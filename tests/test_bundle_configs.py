@@ -62,31 +62,29 @@ ENGINE_DIR = ROOT / "common" / "engine"
 
 
 def _ids_referenced(node) -> set[str]:
-    import re
+    from common.core.config_ids import references
 
-    if isinstance(node, dict):
-        return set().union(set(), *(_ids_referenced(v) for v in node.values()))
-    if isinstance(node, list):
-        return set().union(set(), *(_ids_referenced(v) for v in node))
-    if isinstance(node, str):
-        return {m.split("#")[0] for m in re.findall(r"@([A-Za-z_][\w#]*)", node)}
-    return set()
+    return {r.split("#")[0] for r in references(node)}
 
 
 def test_the_engine_is_written_once():
     """The engine (trainer, handlers, checkpoints, levers) is common/engine/train.yaml, merged after a bundle's
-    train.yaml: a bundle that defined one of its ids would have it replaced without a word, and a bundle's
-    own multi_gpu_train.yaml would be a second copy. Every id the engine uses and does not define is one that
-    each bundle defines (the bundle's side of the contract)."""
+    train.yaml, and its DDP part common/engine/multi_gpu_train.yaml: a bundle that defined one of their ids would
+    have it replaced without a word. A bundle's own multi_gpu_train.yaml (merged after the engine's) holds only
+    its DDP settings, no copy of the engine's. Every id the engine uses and does not define is one that each
+    bundle defines (the bundle's side of the contract)."""
     engine = yaml.safe_load((ENGINE_DIR / "train.yaml").read_text())
     multi_gpu = yaml.safe_load((ENGINE_DIR / "multi_gpu_train.yaml").read_text())
-    needed = (_ids_referenced(engine) | _ids_referenced(multi_gpu)) - set(engine) - set(multi_gpu) - {"_meta_"}
+    needed = _ids_referenced(engine) - set(engine) - {"_meta_"}
+    needed_ddp = _ids_referenced(multi_gpu) - set(multi_gpu) - set(engine) - needed - {"_meta_"}
     assert {"network_def", "loss", "optimizer", "train_transforms", "model_description"} <= needed
+    assert needed_ddp == {"find_unused_parameters"}
     for bundle in BUNDLES:
         configs = ROOT / "bundles" / bundle / "configs"
         own = yaml.safe_load((configs / "train.yaml").read_text())
+        ddp = yaml.safe_load((configs / "multi_gpu_train.yaml").read_text())
         assert not set(own) & set(engine), f"{bundle}'s train.yaml redefines engine ids {sorted(set(own) & set(engine))}"
-        assert not (configs / "multi_gpu_train.yaml").exists(), bundle
+        assert set(ddp) == needed_ddp, f"{bundle}'s multi_gpu_train.yaml holds {sorted(ddp)}, not only its DDP settings"
         assert needed <= set(own), f"{bundle}'s train.yaml lacks {sorted(needed - set(own))}, which the engine uses"
         assert len((configs / "train.yaml").read_text().splitlines()) < 240, bundle  # (was 345-391 with the engine)
 

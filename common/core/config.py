@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 from transforms.base.errors import CheckpointError, ConfigurationError, DatasetError, PretrainedWeightsError
 from transforms.base.values import as_bool, as_optional  # noqa: F401  (config expressions call them here)
 
-from .config_ids import unread_overrides
+from .config_ids import references, unread_overrides
 from .flags import did_you_mean
 
 # ---------------------------------------------------------------------------------------------
@@ -65,17 +65,6 @@ def _load(path: Path) -> dict:
     return loaded if isinstance(loaded, dict) else {}
 
 
-def _references(node) -> set[str]:
-    """Top-level ids referenced (``@id``, ``@id#sub``) anywhere in a raw config node."""
-    if isinstance(node, dict):
-        return set().union(*(_references(v) for v in node.values())) if node else set()
-    if isinstance(node, list):
-        return set().union(*(_references(v) for v in node)) if node else set()
-    if isinstance(node, str):
-        return {m.split("#")[0] for m in re.findall(r"@([\w#]+)", node)}
-    return set()
-
-
 def check_command_line(frozen_sections: Sequence[str] = (), argv: Sequence[str] | None = None) -> None:
     """Refuse command-line overrides that would silently do nothing or the wrong thing, before a run starts.
 
@@ -120,7 +109,7 @@ def check_command_line(frozen_sections: Sequence[str] = (), argv: Sequence[str] 
         for config in configs:
             for section in frozen_sections:
                 if isinstance(config.get(section), dict):
-                    frozen |= _references(config[section])
+                    frozen |= {r.split("#")[0] for r in references(config[section])}
         for key in overrides:
             if key.split("#")[0] in frozen or key.split("#")[0] in frozen_sections:
                 raise ConfigurationError(

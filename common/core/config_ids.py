@@ -29,11 +29,12 @@ def _node(config: Mapping, path: str):
     return node
 
 
-def _references(node) -> set[str]:
+def references(node) -> set[str]:
+    """The ids (``a``, ``a#b``) that ``@`` references and ``%`` macros in a raw config node name."""
     if isinstance(node, Mapping):
-        return set().union(set(), *(_references(v) for v in node.values()))
+        return set().union(set(), *(references(v) for v in node.values()))
     if isinstance(node, list):
-        return set().union(set(), *(_references(v) for v in node))
+        return set().union(set(), *(references(v) for v in node))
     if isinstance(node, str) and node[:1] in "$@%":
         return set(_REFERENCE.findall(node))
     return set()
@@ -49,7 +50,7 @@ def reachable_ids(config: Mapping, roots: Iterable[str]) -> set[str]:
         if path in seen:
             continue
         seen.add(path)
-        for ref in _references(_node(config, path)):
+        for ref in references(_node(config, path)):
             if ref.startswith("_meta_"):
                 continue
             # the longest prefix of the reference that the config holds (`@trained.network` -> trained)
