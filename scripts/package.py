@@ -199,20 +199,18 @@ def config_sources(folder: Path) -> list[Path]:
 def packaged_configs(folder: Path) -> dict[str, list[Path]]:
     """``{name: files merged into the zip's configs/<name>.json}``: the engine merged into ``train`` (as
     ``--config_file`` lists it in the repository), train.yaml's transforms into ``inference`` (cut to what
-    inference reads), the engine's ``multi_gpu_train``, the bundle's others."""
+    inference reads), the engine's ``multi_gpu_train`` into the bundle's, the bundle's others."""
     configs = {p.stem: [p] for p in sorted((folder / "configs").glob("*.yaml"))}
     configs["train"] = config_files(folder, "train")
     configs["inference"] = config_files(folder, "inference")
-    for name in ENGINE_CONFIGS:
-        if name not in configs:
-            configs[name] = [engine_config(name)]
+    configs["multi_gpu_train"] = config_files(folder, "train", "multi_gpu_train")[2:]  # engine's, then the bundle's
     return configs
 
 
 def packaged_docs(text: str) -> str:
     """A model card's commands as they read in the zip: the engine is inside ``configs/train.json``."""
     text = re.sub(r",\s*'common/engine/train\.yaml'", "", text)
-    text = text.replace("common/engine/multi_gpu_train.yaml", "configs/multi_gpu_train.yaml")
+    text = re.sub(r",\s*'common/engine/multi_gpu_train\.yaml'", "", text)
     # inference.json holds the transforms it reads from train.yaml
     text = re.sub(r"\"\['(?:bundles/\w+/)?configs/train\.yaml',\s*'((?:bundles/\w+/)?configs/inference\.yaml)'\]\"", r"\1", text)
     return re.sub(r"(?:bundles/\w+/)?configs/(\w+)\.yaml", r"configs/\1.json", text)
@@ -271,9 +269,12 @@ def stage(bundle: str, target: Path, model: str | None = None, max_zip_mb: float
     (target / "__init__.py").unlink(missing_ok=True)  # the repository's test imports need it, a bundle does not
     (target / "configs").mkdir()
     for name, sources in packaged_configs(folder).items():
-        # merged as --config_file merges them (a single file as it is: its `a#b` keys override train's)
-        config = (ConfigParser.load_config_files([str(s) for s in sources]) if len(sources) > 1
-                  else yaml.safe_load(sources[0].read_text()))
+        # merged over train.yaml as --config_file merges them; an overlay (its `a#b` keys override train's at
+        # run time) keeps its keys as they are, a later file's replacing an earlier one's
+        if sources[0].stem == "train":
+            config = ConfigParser.load_config_files([str(s) for s in sources])
+        else:
+            config = {k: v for s in sources for k, v in (yaml.safe_load(s.read_text()) or {}).items()}
         if name == "inference":  # the transforms of train.yaml that inference reads, none of its training ids
             config = standalone(config, yaml.safe_load(sources[-1].read_text()))
         config = vendor_config(config)

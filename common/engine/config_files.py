@@ -48,11 +48,11 @@ def config_files(bundle_dir: str | Path, *names: str) -> list[Path]:
     """The files of ``--config_file`` for the configs ``names`` of the bundle in ``bundle_dir``, in order.
 
     ``config_files("bundles/tmca", "train", "evaluate")`` is ``[bundles/tmca/configs/train.yaml,
-    common/engine/train.yaml, bundles/tmca/configs/evaluate.yaml]``; ``train`` is implied when ``names``
-    does not start with it, and ``multi_gpu_train`` is the bundle's own if it has one, else the engine's.
+    common/engine/train.yaml, bundles/tmca/configs/evaluate.yaml]``; ``train`` is implied when ``names`` does
+    not start with it. ``multi_gpu_train`` is the engine's followed by the bundle's own (its DDP settings).
     ``config_files("bundles/tmca", "inference")`` is ``[.../train.yaml, .../inference.yaml]``: inference
-    uses the transforms of the bundle's train.yaml (not the engine); a packaged bundle's ``inference.json``
-    holds them itself, so there it is the one file.
+    uses the transforms of the bundle's train.yaml (not the engine). A packaged bundle holds the engine in its
+    own files (``scripts/package.py``), so there each name is one file of its own.
     """
     names = tuple(names) or ("train",)
     train = bundle_config(bundle_dir, "train")
@@ -62,14 +62,13 @@ def config_files(bundle_dir: str | Path, *names: str) -> list[Path]:
     files: list[Path] = []
     for name in names:
         own = bundle_config(bundle_dir, name)
-        if own is not None:
-            files.append(own)
-            if name == "train" and not packaged and "inference" not in names:
-                files.append(engine_config("train"))
-        elif name in ENGINE_CONFIGS and name != "train":
-            files.append(engine_config(name))
-        else:
+        if own is None:
             raise FileNotFoundError(f"{Path(bundle_dir) / 'configs'} has no {name}.yaml (or .json)")
+        if name in ENGINE_CONFIGS and name != "train" and not packaged:
+            files.append(engine_config(name))
+        files.append(own)
+        if name == "train" and not packaged and "inference" not in names:
+            files.append(engine_config("train"))
     return files
 
 
