@@ -70,14 +70,14 @@ def bundle_parser(folder: Path, *names: str, overrides: dict | None = None):
     return parser
 
 
-def package_bundle(name: str, model: Path, out_dir: Path) -> Path:
-    """``python scripts/package.py --bundle name --model model --out_dir out_dir``, run in this process (the
-    same ``main``; the zip it writes is what the tests check): returns the zip."""
+def package_bundle(name: str, model: Path | None, out_dir: Path, **options) -> Path:
+    """``python scripts/package.py --bundle name --model model --out_dir out_dir [--max_zip_mb ...]``, run in this
+    process (the same ``main``; the zip it writes is what the tests check): returns the zip."""
     if str(ROOT / "scripts") not in sys.path:
         sys.path.insert(0, str(ROOT / "scripts"))
     import package
 
-    return Path(package.main(bundle=name, model=str(model), out_dir=str(out_dir)))
+    return Path(package.main(bundle=name, model=str(model) if model else None, out_dir=str(out_dir), **options))
 
 
 def inference_config(name: str) -> str:

@@ -102,3 +102,14 @@ def test_frozen_pretrained_parts_can_be_left_out(tmp_path):
     args = (torch.randn(1, 3, 64, 64), ids, torch.ones_like(ids))
     with torch.no_grad():
         assert torch.allclose(loaded.network(*args), network(*args), atol=1e-6)
+    # MONAI's ckpt_export loads model.pt strictly into the built network (ignite's Checkpoint.load_objects):
+    # the left-out encoder keeps the weights it was built with
+    from ignite.handlers import Checkpoint
+
+    before = {k: v.clone() for k, v in loaded.network.state_dict().items() if k.startswith("text_encoder.")}
+    Checkpoint.load_objects(to_load={"model": loaded.network}, checkpoint=str(tmp_path / "run" / "models" / "model.pt"))
+    assert all(torch.equal(v, loaded.network.state_dict()[k]) for k, v in before.items())
+    # ... and only those: a checkpoint missing a trained weight still fails a strict load
+    state["model"].pop("head.conv.conv.bias")
+    with pytest.raises(RuntimeError, match="head.conv.conv.bias"):
+        loaded.network.load_state_dict(state["model"])

@@ -30,8 +30,8 @@ TENSOR_BUNDLES = [name for name in BUNDLES if not _generates_text(name)]
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", TRANSFORMERS_VERBOSITY="error", OMP_NUM_THREADS="1")
 
 
-def python(*args, cwd=ROOT, env=None, check=True):
-    proc = subprocess.run([sys.executable, *args], cwd=cwd, env=env or ENV, capture_output=True, text=True, timeout=600)
+def python(*args, cwd=ROOT, env=None, check=True, exe=None):
+    proc = subprocess.run([str(exe or sys.executable), *args], cwd=cwd, env=env or ENV, capture_output=True, text=True, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
@@ -57,6 +57,15 @@ def _inputs(name: str, data: Path, folder: Path) -> list:
 
 
 @pytest.fixture(scope="module")
+def listed_python(tmp_path_factory):
+    """``listed_python(metadata) -> python``: an environment of only the packages a zip's metadata lists."""
+    from listed_env import listed_env
+
+    folder = tmp_path_factory.mktemp("listed_envs")
+    return lambda meta: listed_env(meta["required_packages_version"], folder=folder)
+
+
+@pytest.fixture(scope="module")
 def trained(tiny, tmp_path_factory):
     """Each bundle's tiny model (the session's, tests/bundle_runner.py) and an input for it:
     ``trained(bundle) -> (model.pt, inference arguments)``."""
@@ -79,16 +88,6 @@ def test_metadata_verifies_offline_against_the_schema_copy(name):
                                  filepath=str(schema))
     meta = json.loads((ROOT / "bundles" / name / "configs" / "metadata.json").read_text())
     assert "optional_packages_version" not in meta and {"pytorch-ignite", "transformers"} <= set(meta["required_packages_version"])
-
-
-@pytest.mark.parametrize("name", TENSOR_BUNDLES)
-def test_net_in_out_verifies_with_the_documented_command(name):
-    """The README's command: the network gets its text inputs from network_data_format, not from a hand-written call."""
-    env = dict(ENV, PYTHONPATH=f"bundles/{name}")
-    proc = python("-m", "monai.bundle", "verify_net_in_out", "verification_network", "--meta_file",
-                  f"bundles/{name}/configs/metadata.json", "--config_file",
-                  config_file_arg(ROOT / "bundles" / name, *TEST_CONFIGS, relative_to=ROOT), "--device", "cpu", env=env)
-    assert "data shape of network is verified with no error" in proc.stdout + proc.stderr
 
 
 DRIVER = """
@@ -142,6 +141,117 @@ def test_the_zip_runs_on_its_own_from_any_folder(name, trained, tmp_path):
     assert not marker.exists()
 
 
+# what the model zoo's CI (ci/verify_bundle.py) runs on a bundle folder, as it runs it (the functions of
+# monai.bundle), from that folder: `scripts` is the zip's own package, nothing of this repository is importable
+ZOO_CI = """
+import json, sys
+from pathlib import Path
+import torch
+from monai.bundle import ConfigParser, ckpt_export, download_large_files, verify_metadata
+download_large_files()  # large_files.yml: the model, from its file:// url, its sha256 checked
+print("downloaded model.pt:", Path("models/model.pt").is_file())
+verify_metadata(meta_file="configs/metadata.json", filepath=sys.argv[1])
+print("metadata verified")
+if Path("configs/ckpt_export.json").is_file():
+    ckpt_export(args_file="configs/ckpt_export.json")
+    args = json.loads(Path("configs/ckpt_export.json").read_text())
+    parser = ConfigParser()
+    parser.read_config(args["config_file"])
+    parser.read_meta(args["meta_file"])
+    eager = parser.get_parsed_content(args["net_id"]).eval()
+    image = torch.rand(*args["input_shape"])
+    with torch.no_grad():
+        print("ckpt_export max difference:", float((torch.jit.load(args["filepath"])(image) - eager(image)).abs().max()))
+"""
+
+
+@pytest.mark.parametrize("name", BUNDLES)
+def test_the_zoo_ci_accepts_the_unpacked_zip_in_an_environment_of_its_listed_packages(name, trained, tmp_path,
+                                                                                      listed_python):
+    """Item by item what the zoo's CI and a zoo user run, on the unpacked zip, from its own folder, in an
+    environment holding only the packages its metadata lists (tests/listed_env.py): the model stays out of
+    the zip and comes through large_files.yml (file:// url, sha256); metadata.json verifies against the schema
+    and describes the model inside; verify_net_in_out passes with the zip's argument file (text inputs
+    included); ckpt_export gives the eager output where MONAI's exporter can trace the network and the
+    metadata says why not elsewhere; `python -m monai.bundle run inferring` runs."""
+    import torch
+
+    model, inputs = trained(name)
+    published = tmp_path / "published" / "model.pt"
+    published.parent.mkdir()
+    published.write_bytes(model.read_bytes())
+    archive = package_bundle(name, model, tmp_path / "dist", max_zip_mb=0.01, model_url=f"file://{published}")
+    monai.bundle.download(name=name, version=archive.stem.split("_v")[1], bundle_dir=str(tmp_path / "zoo"),
+                          url=f"file://{archive}", progress=False)
+    folder = tmp_path / "zoo" / name
+    assert not (folder / "models" / "model.pt").exists()
+    meta = json.loads((folder / "configs" / "metadata.json").read_text())
+    description = torch.load(model, map_location="cpu", weights_only=True)["description"]
+
+    # the metadata describes the model in the zip, not the paper's
+    assert meta["description"].startswith(f"The model in this package ({name} ")
+    for part in ("name", "name_or_path"):
+        for value in (v.get(part) for v in description["network"].values() if isinstance(v, dict)):
+            assert value is None or str(value) in meta["description"]
+    settings, fmt = description["settings"], meta["network_data_format"]
+    if "image_size" in settings:
+        size = [settings["image_size"]] * 2
+        assert fmt["inputs"]["image"]["spatial_shape"] == size and fmt["outputs"]["pred"]["spatial_shape"] == size
+        assert len(fmt["outputs"]["pred"]["channel_def"]) == fmt["outputs"]["pred"]["num_channels"]
+    if settings.get("text"):
+        assert fmt["inputs"]["text_ids"]["spatial_shape"] == [settings["text"]["max_length"]]
+    assert meta["eval_metrics"] == {k: round(v, 4) for k, v in description["training"]["metrics"].items()}
+
+    python_ = listed_python(meta)
+    env = dict(ENV, PYTHONPATH="")
+    ci = python("-c", ZOO_CI, str(ROOT / "bundles" / "meta_schema.json"), cwd=folder, env=env, exe=python_)
+    assert "downloaded model.pt: True" in ci.stdout and "metadata verified" in ci.stdout
+    tools = meta["zoo_tools"]
+    if name in ("monch", "coseg"):  # one image in: MONAI's exporter traces them
+        difference = float(ci.stdout.split("ckpt_export max difference:")[1].split()[0])
+        assert difference < 1e-4 and (folder / "models" / "model.ts").is_file()
+        assert tools["ckpt_export"].endswith("--args_file configs/ckpt_export.json")
+    else:  # text inputs (TMCA, LSMS) or a generated answer (LTSE): the metadata says why and names the route
+        assert not (folder / "configs" / "ckpt_export.json").exists()
+        assert tools["ckpt_export"].startswith(("not supported: ", "not applicable: "))
+    if name in TENSOR_BUNDLES:
+        proc = python("-m", "monai.bundle", "verify_net_in_out", "network_def", "--meta_file", "configs/metadata.json",
+                      "--config_file", "configs/inference.json", "--args_file", "configs/verify_net_in_out.json",
+                      "--device", "cpu", cwd=folder, env=env, exe=python_)
+        assert "data shape of network is verified with no error" in proc.stdout + proc.stderr
+    else:
+        assert not (folder / "configs" / "verify_net_in_out.json").exists()
+        assert tools["verify_net_in_out"].startswith("not applicable: its answer is generated token by token")
+    python("-m", "monai.bundle", "run", "inferring", "--config_file", "configs/inference.json", "--output_dir",
+           str(tmp_path / "out"), *inputs, cwd=folder, env=env, exe=python_)
+    assert any((tmp_path / "out").glob("*.png"))
+
+
+def test_only_the_bundles_own_files_are_packed_and_a_large_model_needs_its_url(trained, tmp_path, capsys):
+    """A sample_data/ or runs/ left in a bundle folder stays out of the zip (and is named); a model over
+    --max_zip_mb without --model_url is refused before anything is written."""
+    import shutil
+    import sys
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import package
+
+    copy = tmp_path / "tmca"
+    shutil.copytree(ROOT / "bundles" / "tmca", copy, ignore=shutil.ignore_patterns("__pycache__"))
+    (copy / "sample_data").mkdir()
+    (copy / "sample_data" / "x.png").write_bytes(b"x")
+    (copy / "runs" / "tmca").mkdir(parents=True)
+    (copy / "notes.txt").write_text("mine")
+    left_out = package.copy_bundle_files(copy, tmp_path / "staged")
+    assert left_out == ["notes.txt", "runs/", "sample_data/"]
+    assert sorted(p.name for p in (tmp_path / "staged").iterdir()) == ["LICENSE", "docs", "pretrained_sources.yml",
+                                                                        "scripts"]
+    model, _ = trained("tmca")
+    with pytest.raises(ValueError, match="give --model_url"):
+        package_bundle("tmca", model, tmp_path / "dist", max_zip_mb=0.01)
+    assert not (tmp_path / "dist").exists()
+
+
 @pytest.mark.parametrize("name", TENSOR_BUNDLES)
 def test_exported_models_give_the_eager_output_and_serve_inference(name, trained, tmp_path):
     model, inputs = trained(name)
@@ -154,25 +264,6 @@ def test_exported_models_give_the_eager_output_and_serve_inference(name, trained
         bundle("inferring", "--config_file", inference_config(name),
                "--checkpoint", str(tmp_path / form), "--output_dir", str(tmp_path / form.replace(".", "_")), *inputs)
         assert any((tmp_path / form.replace(".", "_")).glob("*.png"))
-
-
-def test_monais_own_ckpt_export_works_for_the_image_only_bundle(trained, tmp_path):
-    """``python -m monai.bundle ckpt_export`` traces a single image input: it works for MONCH (its prompts are
-    inside the network); the text-guided bundles take three inputs, which scripts/export.py handles."""
-    model, _ = trained("monch")
-    env = dict(ENV, PYTHONPATH="bundles/monch")
-    python("-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", str(tmp_path / "model.ts"),
-           "--ckpt_file", str(model), "--meta_file", "bundles/monch/configs/metadata.json", "--config_file",
-           "['bundles/monch/configs/train.yaml','bundles/monch/configs/inference.yaml']", "--key_in_ckpt", "model", "--use_trace", "True",
-           "--input_shape", "[1,3,32,32]", "--checkpoint", str(model), env=env)
-    import torch
-
-    from common.engine.checkpoints import load_model
-
-    eager = load_model(str(model), str(ROOT / "bundles" / "monch")).network
-    image = torch.randn(1, 3, 32, 32)
-    with torch.no_grad():
-        assert torch.allclose(torch.jit.load(str(tmp_path / "model.ts"))(image), eager(image), atol=1e-4)
 
 
 def test_the_ltse_zip_carries_only_what_training_changed_and_export_says_why_not(trained, tmp_path):

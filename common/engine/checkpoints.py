@@ -223,6 +223,24 @@ def load_weights(network: torch.nn.Module, state: Mapping, excluded: Sequence[st
                                     f"{len(unexpected)} unexpected ({extra or '-'})")
 
 
+def keep_left_out_parts(network: torch.nn.Module, excluded: Sequence[str]) -> None:
+    """Let a strict load of the checkpoint's own ``model`` weights into ``network`` succeed: the pretrained
+    parts the checkpoint leaves out (frozen encoders under ``excluded``) keep the weights they were built with.
+    MONAI's ``ckpt_export`` (ignite's ``Checkpoint.load_objects``) loads ``model.pt`` strictly into the
+    inference config's ``network_def``, which is the network built here."""
+    if not excluded:
+        return
+
+    def fill_missing(module, state_dict, prefix, *args):
+        if prefix:  # called for the root module only
+            return
+        for key, value in module.state_dict().items():
+            if key not in state_dict and key.startswith(tuple(excluded)):
+                state_dict[key] = value
+
+    network.register_load_state_dict_pre_hook(fill_missing)
+
+
 class LoadedModel:
     """A network built from a checkpoint's description, with its weights loaded (eval mode)."""
 
@@ -365,6 +383,7 @@ def load_model(path: str | None, bundle_root: str, device: str | None = None,
         raise CheckpointError(path, f"cannot build the network it describes ({summary(description)}): "
                                     f"{type(err).__name__}: {str(err).splitlines()[0]}.{hint}") from err
     load_weights(network, state["model"], description.get("excluded", ()), path)
+    keep_left_out_parts(network, description.get("excluded", ()))
     network.eval()
     if device is not None:
         network.to(device)

@@ -95,6 +95,26 @@ def exportable(network: nn.Module, description: Mapping) -> tuple[nn.Module, dic
     return Packed(network).eval(), {**description, "outputs": channels}
 
 
+def one_tensor(network: nn.Module) -> nn.Module:
+    """A packaged bundle's ``network_def`` as MONAI's zoo tools call it (``verify_net_in_out``, ``ckpt_export``):
+    one tensor out, the form ``metadata.json`` describes. A network with several outputs (Co-Seg) packs them
+    itself (its ``packed_output``) rather than through a wrapper, so a checkpoint's weights load into it under
+    their own names; an exported file's network already returns one tensor."""
+    if isinstance(network, Unpacked):
+        return network.network
+    if output_channels(network) is not None:
+        network.packed_output = True
+    return network
+
+
+def named_outputs(network: nn.Module, channels: Mapping[str, int] | None = None) -> nn.Module:
+    """The network the bundle's own post-processing runs: outputs that :func:`one_tensor` packed split back
+    into their names (``channels``: an exported file's, from its description)."""
+    if channels is None and getattr(network, "packed_output", False):
+        channels = output_channels(network)
+    return Unpacked(network, channels) if channels else network
+
+
 def as_tensor(output) -> torch.Tensor:
     """One tensor of a network's output (several outputs concatenated in their order)."""
     return torch.cat(list(output.values()), dim=1) if isinstance(output, Mapping) else output

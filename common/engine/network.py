@@ -44,28 +44,3 @@ def prepare_network(
     if compile:
         network = torch.compile(network)
     return network
-
-
-
-class MetadataInputs(torch.nn.Module):
-    """A network fed the extra inputs its bundle's metadata declares, for ``monai.bundle verify_net_in_out``.
-
-    MONAI's check calls ``network(image)``. A text-guided network also takes ``text_ids`` and ``text_mask``;
-    this wrapper makes them from ``network_data_format``'s entries for them (shape and dtype, token id 1,
-    every token attended), so the check runs the network as the bundle declares it rather than by a
-    hand-written call. A network with several named outputs returns them packed along the channels
-    (its ``pack``), as ``metadata.json`` describes ``pred``.
-    """
-
-    def __init__(self, network: torch.nn.Module, network_data_format: dict):
-        super().__init__()
-        self.network = network
-        self.extra = {k: v for k, v in network_data_format["inputs"].items() if k != "image"}
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        kwargs = {name: torch.ones(image.shape[0], *spec["spatial_shape"], dtype=getattr(torch, spec["dtype"]),
-                                   device=image.device) for name, spec in self.extra.items()}
-        output = self.network(image, **kwargs)
-        if isinstance(output, dict) and hasattr(self.network, "pack"):  # several named outputs (Co-Seg)
-            return self.network.pack(output)
-        return output

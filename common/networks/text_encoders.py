@@ -158,6 +158,17 @@ class HFTextEncoder(nn.Module):
         super()._load_from_state_dict(*args, **kwargs)
 
 
+def token_inputs(text_ids, text_mask, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(text_ids, text_mask)`` as int64 tensors on ``device``. A caller that cannot build tensors hands
+    lists of token rows: MONAI's ``verify_net_in_out`` passes the zip's ``configs/verify_net_in_out.json``
+    ``extra_forward_args`` (JSON) to the forward as they are."""
+    if not isinstance(text_ids, torch.Tensor):
+        text_ids = torch.as_tensor(text_ids, dtype=torch.long, device=device)
+    if not isinstance(text_mask, torch.Tensor):
+        text_mask = torch.as_tensor(text_mask, dtype=torch.long, device=device)
+    return text_ids, text_mask
+
+
 def _exporting() -> bool:
     """True while the forward is traced or exported: the cache must stay out of the file, or it would hold
     the features of the texts seen while tracing as constants. (``torch.compile`` keeps the cache: the

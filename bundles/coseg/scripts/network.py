@@ -99,6 +99,10 @@ class CoSeg(nn.Module):
                 for target in TASKS
             })
 
+    # True: eval-mode outputs come packed in one tensor (:meth:`pack`), as MONAI's zoo tools call a network
+    # (set on the inference config's network_def by common.engine.export.one_tensor; the weights keep their names)
+    packed_output = False
+
     @property
     def output_channels(self) -> dict[str, int]:
         """The eval-mode outputs and their channels, in the order :meth:`pack` concatenates them."""
@@ -140,10 +144,9 @@ class CoSeg(nn.Module):
             raise ValueError(f"Co-Seg needs image sides that are multiples of {divisor}, got {size}; "
                              "resize or pad the image")
         features = self.image_encoder(image)
-        first = self.decode(features, size)
-        if not self.co_segmentation:
-            return first
-        final = self.decode(features, size, previous=first)
-        if self.training:
-            final["pass1"] = first
-        return final
+        final = self.decode(features, size)
+        if self.co_segmentation:
+            first, final = final, self.decode(features, size, previous=final)
+            if self.training:
+                final["pass1"] = first
+        return self.pack(final) if self.packed_output and not self.training else final

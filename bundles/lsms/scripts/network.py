@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from transforms.base.describe import configurable
-from common.networks.text_encoders import masked_mean
+from common.networks.text_encoders import masked_mean, token_inputs
 
 from .hamburger import LightHamHead
 
@@ -270,6 +270,8 @@ class LSMS(nn.Module):
         if min(image.shape[-2:]) < 64:
             # 1/32 of the input must leave more than one pixel for the instance norms of the last stage
             raise ValueError(f"LSMS needs images of at least 64x64 pixels, got {tuple(image.shape[-2:])}")
+        if text_ids is not None:
+            text_ids, text_mask = token_inputs(text_ids, text_mask, image.device)
         words, word_mask = self.encode_text(text_ids, text_mask)
         features = []
         x = image

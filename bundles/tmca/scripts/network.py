@@ -25,7 +25,7 @@ from monai.networks.blocks import SubpixelUpsample, UnetOutBlock, UnetrUpBlock
 from torch import nn
 
 from transforms.base.describe import configurable
-from common.networks.text_encoders import masked_mean
+from common.networks.text_encoders import masked_mean, token_inputs
 
 ALIGNMENT_LEVELS = ("global", "32", "16", "8")
 
@@ -192,6 +192,7 @@ class TMCA(nn.Module):
     def forward(self, image: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor):
         if image.shape[-1] % 32 or image.shape[-2] % 32:
             raise ValueError(f"TMCA needs image sizes divisible by 32, got {tuple(image.shape[-2:])}")
+        text_ids, text_mask = token_inputs(text_ids, text_mask, image.device)
         i1, i2, i3, i4 = self.image_encoder(image)
         text = self.text_encoder(text_ids, text_mask)
         alignment: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}

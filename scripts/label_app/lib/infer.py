@@ -80,6 +80,7 @@ class TextBundleInferTask(BundleInferTask):
     def _get_network(self, device, data):
         """The served model, built by the bundle's checkpoint reader; again when ``model.pt`` changes."""
         from common.engine.checkpoints import load_model
+        from common.engine.export import named_outputs
 
         path = self.path[0]
         mtime = os.stat(path).st_mtime
@@ -92,6 +93,7 @@ class TextBundleInferTask(BundleInferTask):
             logger.info("%s: loading %s (changed since it was last loaded)", self.serving.name, path)
             network = load_model(path, str(self.serving.bundle), device=str(device),
                                  pretrained_sources=self.serving.pretrained_sources).network
+        network = named_outputs(network)  # a packaged Co-Seg's network_def packs its outputs for the zoo's tools
         self._networks[device] = (network, mtime)
         return network
 
