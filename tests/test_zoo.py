@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from listed_env import isolated_environ
 from bundle_runner import BUNDLES, ROOT, TEST_CONFIGS, bundle, inference_config, package_bundle
 from common.data.puma.reader import IMAGES
 from common.engine.config_files import config_file_arg
@@ -58,11 +59,12 @@ def _inputs(name: str, data: Path, folder: Path) -> list:
 
 @pytest.fixture(scope="module")
 def listed_python(tmp_path_factory):
-    """``listed_python(metadata) -> python``: an environment of only the packages a zip's metadata lists."""
+    """``listed_python(metadata) -> python``: an environment of only the packages a zip's metadata lists (and
+    what pip would install with them), plus jsonschema, the zoo CI's own tool for verify_metadata."""
     from listed_env import listed_env
 
     folder = tmp_path_factory.mktemp("listed_envs")
-    return lambda meta: listed_env(meta["required_packages_version"], folder=folder)
+    return lambda meta: listed_env(meta["required_packages_version"], extra=("jsonschema",), folder=folder)
 
 
 @pytest.fixture(scope="module")
@@ -203,7 +205,7 @@ def test_the_zoo_ci_accepts_the_unpacked_zip_in_an_environment_of_its_listed_pac
     assert meta["eval_metrics"] == {k: round(v, 4) for k, v in description["training"]["metrics"].items()}
 
     python_ = listed_python(meta)
-    env = dict(ENV, PYTHONPATH="")
+    env = isolated_environ(OMP_NUM_THREADS="1")  # nothing added to the listed environment's path
     ci = python("-c", ZOO_CI, str(ROOT / "bundles" / "meta_schema.json"), cwd=folder, env=env, exe=python_)
     assert "downloaded model.pt: True" in ci.stdout and "metadata verified" in ci.stdout
     tools = meta["zoo_tools"]
