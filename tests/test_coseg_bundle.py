@@ -81,7 +81,7 @@ def test_inferring_writes_tissue_map_nuclei_instances_and_geojson(data, trained,
     assert len(geo["features"]) <= len(np.unique(nuclei)) - 1
     for f in geo["features"]:
         ring = f["geometry"]["coordinates"][0]
-        assert ring[0] == ring[-1] and f["properties"]["classification"]["name"] in ("nuclei_tumor", "nuclei_TIL", "nuclei_other")
+        assert ring[0] == ring[-1] and f["properties"]["classification"]["name"] in ("nuclei_tumor", "nuclei_lymphocyte", "nuclei_other")
     row = (tmp_path / "predictions.csv").read_text().splitlines()
     assert row[0].startswith("image,tissue_map,nuclei_map,geojson,overlay,nuclei_count")
     assert Image.open(tmp_path / f"{stem}_overlay.png").size[0] >= 2 * 64

@@ -61,3 +61,27 @@ def test_a_nucleus_takes_its_majority_type_even_when_it_is_the_first_type():
     assert set(np.unique(types[truth == 1])) == {1} and types[truth == 0].max() == 0
     feature = NucleiFeaturesd(type_names=("tumor", "TIL", "other"))(out)["nuclei_features"][0]
     assert feature["properties"]["classification"]["name"] == "nuclei_tumor"
+
+
+def _stack(tissue: np.ndarray, nuclei: np.ndarray, classes: int = 3) -> torch.Tensor:
+    one_hot = torch.nn.functional.one_hot(torch.as_tensor(tissue).long(), classes).permute(2, 0, 1).float()
+    return torch.cat([one_hot, torch.as_tensor(nuclei)[None].float()])[None]
+
+
+def test_validation_dice_scores_a_class_predicted_where_the_truth_has_none_as_zero():
+    from bundles.coseg.scripts.outputs import CoSegDice
+
+    truth = np.zeros((4, 4), int)
+    truth[0:2] = 1                      # class 1: 8 px; class 2: none
+    pred = truth.copy()
+    pred[0, 0] = 2                      # 1 px of class 2 where the truth has none: Dice 0, not skipped
+    no_nuclei, one_nucleus = np.zeros((4, 4)), np.zeros((4, 4))
+    one_nucleus[3, 3] = 1
+    metrics = {part: CoSegDice(3, part) for part in ("tissue", "nuclei", "both")}
+    for m in metrics.values():
+        m(y_pred=_stack(pred, one_nucleus), y=_stack(truth, no_nuclei))       # nuclei predicted, none true: 0
+        m(y_pred=_stack(np.ones((4, 4), int), one_nucleus), y=_stack(np.ones((4, 4), int), one_nucleus))  # perfect
+    # class 1: (2*7/15 + 1) / 2 = 29/30; class 2: image 1 scores 0, image 2 (in neither map) is skipped
+    assert metrics["tissue"].aggregate().item() == pytest.approx((29 / 30 + 0) / 2)
+    assert metrics["nuclei"].aggregate().item() == pytest.approx((0 + 1) / 2)
+    assert metrics["both"].aggregate().item() == pytest.approx(((29 / 30) / 2 + 0.5) / 2)

@@ -178,3 +178,20 @@ def test_nuclei_written_as_geojson_read_back_as_the_same_instances(tmp_path):
     assert content["features"][0]["properties"]["objectType"] == "detection"
     instances, _ = nuclei_maps(path, (12, 12))
     assert int((instances == 1).sum()) == 35  # 7 x 5 pixel centres inside
+
+
+def test_nuclei_that_vanish_when_rasterised_are_counted(tmp_path):
+    from transforms.puma import read_nuclei
+
+    path = write(tmp_path / "n.geojson", [
+        feature("nuclei_tumor", [square(0, 0, 3, 3)]),
+        feature("nuclei_tumor", [square(0.6, 0.6, 0.9, 0.9)]),  # covers no pixel centre
+        feature("nuclei_lymphocyte", [square(5, 5, 7, 7)]),
+        feature("nuclei_stroma", [square(5, 5, 7, 7)]),          # the same pixels: one of the two is hidden
+    ])
+    instances, types, vanished = read_nuclei(path, (8, 8), "track2")
+    assert vanished == 2 and instances.max() == 2
+    root = _layout(tmp_path / "PUMA", ["roi_a"], size=8)
+    record = puma_cases(root)[0]
+    (root / NUCLEI / "roi_a_nuclei.geojson").write_text(path.read_text())
+    assert LoadPumaROId("track1")(record)["nuclei_vanished"] == 2

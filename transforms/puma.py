@@ -11,7 +11,16 @@ Co-Seg paper's class-agnostic nuclei)::
     nuclei_tumor, nuclei_lymphocyte, nuclei_plasma_cell, nuclei_histiocyte, nuclei_melanophage,
     nuclei_neutrophil, nuclei_stroma, nuclei_epithelium, nuclei_endothelium, nuclei_apoptosis
 
-Polygons are read and rasterised by :mod:`transforms.geojson` (overlaps: the smaller polygon wins).
+Predicted nuclei are written under the names PUMA's evaluation reads (:data:`NUCLEI_OUTPUT_NAMES`):
+track 1 ``nuclei_tumor``, ``nuclei_lymphocyte`` (the TIL class: lymphocytes and plasma cells) and
+``nuclei_other``; track 2 the ten names above; class-agnostic nuclei ``nuclei``. A nuclei file may carry
+all of these (:data:`READABLE_NUCLEI_NAMES`), so the bundle reads its own output back (correct it in
+QuPath, then fine-tune): ``nuclei_other`` is type 3 of track 1 (track 2 cannot split it and refuses the
+file), ``nuclei`` is a nucleus without a type (type 0: the type loss skips it).
+
+Polygons are read and rasterised by :mod:`transforms.geojson` (overlaps: the smaller polygon wins); a
+nucleus that covers no pixel centre, or only pixels of smaller nuclei, vanishes from the maps:
+:func:`read_nuclei` counts them.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Transform
 
+from .base.errors import DatasetError
 from .geojson import rasterize_classes, rasterize_instances, read_features, read_rgb
 
 TISSUE_CLASSES = ("background", "stroma", "blood_vessel", "tumor", "epidermis", "necrosis")
@@ -37,11 +47,27 @@ NUCLEI_NAMES = ("nuclei_tumor", "nuclei_lymphocyte", "nuclei_plasma_cell", "nucl
 NUCLEI_TYPES = {
     "none": {},
     "track1": {"nuclei_tumor": 1, "nuclei_lymphocyte": 2, "nuclei_plasma_cell": 2,
-               **{n: 3 for n in NUCLEI_NAMES if n not in ("nuclei_tumor", "nuclei_lymphocyte", "nuclei_plasma_cell")}},
+               **{n: 3 for n in NUCLEI_NAMES if n not in ("nuclei_tumor", "nuclei_lymphocyte", "nuclei_plasma_cell")},
+               "nuclei_other": 3},
     "track2": {name: i + 1 for i, name in enumerate(NUCLEI_NAMES)},
 }
 NUCLEI_TYPE_NAMES = {"none": (), "track1": ("tumor", "TIL", "other"),
                      "track2": tuple(n.removeprefix("nuclei_") for n in NUCLEI_NAMES)}
+UNTYPED_NUCLEUS = "nuclei"
+# the GeoJSON class of type 1..n of each table (untyped nuclei: UNTYPED_NUCLEUS): what PUMA's evaluation reads
+NUCLEI_OUTPUT_NAMES = {"none": (), "track1": ("nuclei_tumor", "nuclei_lymphocyte", "nuclei_other"),
+                       "track2": NUCLEI_NAMES}
+READABLE_NUCLEI_NAMES = NUCLEI_NAMES + ("nuclei_other", UNTYPED_NUCLEUS)
+
+
+def nuclei_output_names(type_names) -> tuple[str, ...]:
+    """The GeoJSON class names of a model's nucleus types (``NUCLEI_TYPE_NAMES`` of a table, as configs pass
+    them): PUMA's names (:data:`NUCLEI_OUTPUT_NAMES`); other names ``n`` become ``nuclei_<n>``."""
+    type_names = tuple(type_names or ())
+    for table, names in NUCLEI_TYPE_NAMES.items():
+        if type_names == names:
+            return NUCLEI_OUTPUT_NAMES[table]
+    return tuple(n if n.startswith("nuclei_") else f"nuclei_{n}" for n in type_names)
 
 
 def num_nuclei_types(nuclei_classes: str) -> int:
@@ -56,11 +82,25 @@ def tissue_map(path: str | Path, size: tuple[int, int]) -> np.ndarray:
     return rasterize_classes(read_features(path, TISSUE_NAMES, size), size, TISSUE_NAMES)
 
 
-def nuclei_maps(path: str | Path, size: tuple[int, int], nuclei_classes: str = "none") -> tuple[np.ndarray, np.ndarray]:
-    """``(instances, types)`` of a nuclei GeoJSON: (H, W) int32 ids 1..N in file order and (H, W) uint8 type
-    ids of ``NUCLEI_TYPES[nuclei_classes]`` (all 0 for ``none``)."""
+def read_nuclei(path: str | Path, size: tuple[int, int], nuclei_classes: str = "none") -> tuple[np.ndarray, np.ndarray, int]:
+    """``(instances, types, vanished)`` of a nuclei GeoJSON: (H, W) int32 ids 1..N in file order, (H, W) uint8
+    type ids of ``NUCLEI_TYPES[nuclei_classes]`` (all 0 for ``none``; 0 for untyped ``nuclei`` too), and how
+    many of the file's nuclei left no pixel in the maps (too small to cover a pixel centre, or hidden)."""
     num_nuclei_types(nuclei_classes)
-    return rasterize_instances(read_features(path, NUCLEI_NAMES, size), size, NUCLEI_TYPES[nuclei_classes])
+    table = NUCLEI_TYPES[nuclei_classes]
+    features = read_features(path, READABLE_NUCLEI_NAMES, size)
+    for f in features:
+        if table and f.name not in table and f.name != UNTYPED_NUCLEUS:
+            raise DatasetError(path, f"feature {f.index} has class {f.name!r} (track 1's merged class), which "
+                                     f"nuclei_classes {nuclei_classes} cannot split into its types: read the file with "
+                                     f"nuclei_classes track1 or none")
+    instances, types = rasterize_instances(features, size, table)
+    return instances, types, len(features) - int(instances.max(initial=0))
+
+
+def nuclei_maps(path: str | Path, size: tuple[int, int], nuclei_classes: str = "none") -> tuple[np.ndarray, np.ndarray]:
+    """``(instances, types)`` of a nuclei GeoJSON (:func:`read_nuclei` without the count)."""
+    return read_nuclei(path, size, nuclei_classes)[:2]
 
 
 class LoadPumaROId(Transform):
@@ -70,7 +110,8 @@ class LoadPumaROId(Transform):
       and ``orig_size``, its (H, W);
     * ``tissue``: (1, H, W) int64 tissue classes (:data:`TISSUE_CLASSES`);
     * ``nuclei``: (1, H, W) int64 nucleus instance ids (0 background);
-    * ``nuclei_type``: (1, H, W) int64 type ids of ``nuclei_classes`` (all 0 for ``none``).
+    * ``nuclei_type``: (1, H, W) int64 type ids of ``nuclei_classes`` (all 0 for ``none``);
+    * ``nuclei_vanished``: how many of the file's nuclei left no pixel (:func:`read_nuclei`), for the reports.
 
     The annotation keys are read only when the record has them (inference records hold an image only);
     every error names the file and the GeoJSON feature.
@@ -95,7 +136,8 @@ class LoadPumaROId(Transform):
         if d.get("tissue"):
             d["tissue"] = tensor(tissue_map(d["tissue"], size)[None])
         if d.get("nuclei"):
-            instances, types = nuclei_maps(d["nuclei"], size, self.nuclei_classes)
+            instances, types, vanished = read_nuclei(d["nuclei"], size, self.nuclei_classes)
             d["nuclei"] = tensor(instances[None])
             d["nuclei_type"] = tensor(types[None])
+            d["nuclei_vanished"] = vanished
         return d

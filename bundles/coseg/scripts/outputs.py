@@ -59,8 +59,10 @@ class CoSegDice(DiceMetric):
     """Dice of Co-Seg's two tasks from ``dice_pred`` / ``dice_label`` (:class:`DiceInputsd`).
 
     ``part``: ``tissue`` (the mean over the tissue classes other than background, each averaged over the
-    images whose truth has it), ``nuclei`` (the nuclei mask's Dice, averaged over the images with nuclei),
-    or ``both``: their mean, the validation score that picks ``model.pt``.
+    images whose truth or prediction has it), ``nuclei`` (the nuclei mask's Dice, averaged over the images
+    with nuclei in truth or prediction), or ``both``: their mean, the validation score that picks ``model.pt``.
+    A class predicted where the truth has none scores 0 (MONAI's ``ignore_empty`` would skip the image and
+    reward the false alarm); a class in neither map is skipped.
     """
 
     def __init__(self, num_tissue_classes: int, part: str = "both"):
@@ -68,6 +70,12 @@ class CoSegDice(DiceMetric):
             raise ValueError(f"part must be both, tissue or nuclei, got {part!r}")
         super().__init__(include_background=True, reduction="none", ignore_empty=True)
         self.num_tissue_classes, self.part = int(num_tissue_classes), part
+
+    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        scores = super()._compute_tensor(y_pred, y)  # (images, channels), NaN where the truth is empty
+        dims = tuple(range(2, y.ndim))
+        false_alarm = (y.sum(dim=dims) == 0) & (y_pred.sum(dim=dims) > 0)
+        return torch.where(false_alarm.to(scores.device), torch.zeros_like(scores), scores)
 
     def aggregate(self, reduction=None):
         scores = super().aggregate(reduction="none")  # (images, classes + 1), NaN where the truth is empty
@@ -168,8 +176,15 @@ class Instancesd(MapTransform):
 
 def nuclei_features(instance_map: np.ndarray, info: Mapping, type_names: Sequence[str] = ()) -> list[dict]:
     """GeoJSON features of the instances MONAI's post-processing found: its contour of each (pixel centres,
-    shifted by half a pixel to the GeoJSON pixel-corner convention), named ``nuclei`` or ``nuclei_<type>``."""
+    shifted by half a pixel to the GeoJSON pixel-corner convention), named as PUMA's evaluation reads them
+    (:func:`transforms.puma.nuclei_output_names`: track 1 ``nuclei_tumor`` / ``nuclei_lymphocyte`` /
+    ``nuclei_other``, track 2 the ten ``nuclei_*`` names), ``nuclei`` without a type; the PUMA reader reads
+    them back."""
     from scipy import ndimage
+
+    from transforms.puma import UNTYPED_NUCLEUS, nuclei_output_names
+
+    class_names = nuclei_output_names(type_names)
 
     ids = np.asarray(instance_map).astype(np.int64)
     present = [int(i) for i in info if int(i) > 0]
@@ -181,7 +196,7 @@ def nuclei_features(instance_map: np.ndarray, info: Mapping, type_names: Sequenc
         if contour.ndim != 2 or len(contour) < 3:
             continue
         kind = info[i].get("type")
-        name = f"nuclei_{type_names[int(kind) - 1]}" if type_names and kind else "nuclei"  # types are 1..n
+        name = class_names[int(kind) - 1] if class_names and kind else UNTYPED_NUCLEUS  # types are 1..n
         features.append(polygon_feature(contour + 0.5, name, measurements={
             "id": i, "area_px": float(area), "centroid_x": float(cx) + 0.5, "centroid_y": float(cy) + 0.5}))
     return features

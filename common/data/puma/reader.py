@@ -27,8 +27,10 @@ import numpy as np
 from transforms.base.errors import DatasetError
 from transforms.puma import (  # noqa: F401  (the tables, for configs and reports)
     NUCLEI_NAMES,
+    NUCLEI_OUTPUT_NAMES,
     NUCLEI_TYPE_NAMES,
     NUCLEI_TYPES,
+    READABLE_NUCLEI_NAMES,
     TISSUE_CLASSES,
     TISSUE_COLORS,
     TISSUE_NAMES,
