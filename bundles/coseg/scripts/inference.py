@@ -6,7 +6,10 @@ Per input image ``<name>`` (names never collide: :func:`common.engine.inference.
                           3 tumour, 4 epidermis, 5 necrosis)
     <name>_nuclei.png     uint16 nucleus instance ids (0 background)
     <name>_nuclei.geojson the nuclei as classified polygons (QuPath: File > Import objects), with their
-                          area and centroid
+                          area and centroid, under the class names PUMA's evaluation reads (track 1
+                          nuclei_tumor / nuclei_lymphocyte / nuclei_other, track 2 the ten nuclei_* names,
+                          class-agnostic nuclei "nuclei"); the PUMA reader reads the file back, so corrected
+                          nuclei can go into the training data
     <name>_overlay.png    image | prediction (tissue colours, nuclei outlined), with a legend
 
 and ``predictions.csv`` (one row per image: files, nuclei count, tissue pixels per class).
