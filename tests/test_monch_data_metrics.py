@@ -179,6 +179,36 @@ def test_absent_class_is_nan_and_ignored_in_means():
         confusion_matrix(np.array([5]), np.array([0]), 4)
 
 
+def test_model_selection_dice_counts_a_class_predicted_where_the_image_has_none():
+    """train.yaml's val_mean_dice (it picks model.pt) and val_miou, by hand on one 4x4 image through the configured
+    metrics and the configured post-processing's one-hot labels. Truth: neoplastic (1) at two pixels. Prediction:
+    neoplastic at one of them, inflammatory (2), which the image does not have, at two pixels.
+    Dice: neoplastic 2*1/(2+1) = 2/3, inflammatory 0 (predicted, absent), connective/dead/epithelial 1 (absent,
+    not predicted) -> mean 11/15. IoU: neoplastic 1/2, inflammatory 0, the rest 1 -> mean 7/10. Ignoring classes
+    the image lacks (the old ignore_empty: true) scored 2/3 and 1/2: the false positives never counted."""
+    from bundle_runner import bundle_parser
+
+    parser = bundle_parser(Path(__file__).resolve().parents[1] / "bundles" / "monch", "train")
+    dice = parser.get_parsed_content("val_metrics")["val_mean_dice"].metric_fn
+    iou = parser.get_parsed_content("extra_val_metrics")["val_miou"].metric_fn
+    post = parser.get_parsed_content("postprocessing")
+    truth = torch.zeros(1, 4, 4, dtype=torch.long)
+    truth[0, 0, 0] = truth[0, 0, 1] = 1
+    classes = torch.zeros(4, 4, dtype=torch.long)
+    classes[0, 0] = 1
+    classes[0, 1] = classes[1, 1] = 2
+    logits = torch.nn.functional.one_hot(classes, 6).permute(2, 0, 1).float() * 10.0  # (6, 4, 4), argmax = classes
+    item = post({"pred": logits, "label": truth})
+    pred, label = item["pred"][None], torch.as_tensor(item["label"])[None]
+    assert pred.shape == label.shape == (1, 6, 4, 4)
+    dice(pred, label)
+    assert torch.allclose(dice.get_buffer(), torch.tensor([[2 / 3, 0.0, 1.0, 1.0, 1.0]]))
+    assert dice.aggregate().item() == pytest.approx(11 / 15)
+    iou(pred, label)
+    assert torch.allclose(iou.get_buffer(), torch.tensor([[1 / 2, 0.0, 1.0, 1.0, 1.0]]))
+    assert iou.aggregate().item() == pytest.approx(7 / 10)
+
+
 def test_per_group_accumulation_and_reports(tmp_path):
     acc = ConfusionAccumulator(3)
     acc.update(PRED, GT, "Breast")

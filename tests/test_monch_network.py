@@ -74,6 +74,26 @@ def test_text_encoder_frozen_77_tokens_and_cached():
     assert not text.training  # stays in eval mode
 
 
+def test_text_cache_holds_copies_not_views_of_the_batch():
+    """Each cached string owns its storage: a row view of the encoded batch would keep the whole batch alive."""
+    text = backbone().text_encoder
+    batches = []
+    encode_text = text.clip.encode_text
+
+    def recording(*args, **kwargs):
+        out = encode_text(*args, **kwargs)
+        batches.append(out)
+        return out
+
+    text.clip.encode_text = recording
+    text.encode(["a neoplastic nucleus", "background", "an inflammatory cell"])
+    (batch,) = batches
+    assert batch.dtype == torch.float32 and batch.device.type == "cpu"  # so .float().cpu() returned the batch itself
+    for cached in text._cache.values():
+        assert cached.untyped_storage().data_ptr() != batch.untyped_storage().data_ptr()
+        assert cached.untyped_storage().nbytes() == cached.numel() * cached.element_size()
+
+
 def test_missing_pretrained_weights_name_the_key(tmp_path):
     with pytest.raises(PretrainedWeightsError, match="clip_pretrained.*none.bin"):
         build_open_clip(model_cfg=tiny_clip_config(), pretrained=str(tmp_path / "none.bin"))

@@ -172,3 +172,35 @@ def test_ltem_gates_the_decoder_output(text_encoder, batch, monkeypatch):
     assert not torch.allclose(open_gate[0], open_gate[1])
     assert torch.allclose(closed[0], closed[1], atol=1e-6)
     assert torch.allclose(closed[0], closed[2], atol=1e-6)
+
+
+def test_train_yaml_loads_the_imagenet_1k_convnext_tiny_of_the_reference_code(monkeypatch, caplog):
+    """`image_encoder_weights: timm` with train.yaml's `image_encoder` asks timm for `convnext_tiny.fb_in1k` (the
+    ImageNet-1k weights Ariadne uses), not a bare `convnext_tiny`, which timm resolves to its default tag
+    (`in12k_ft_in1k` in timm 1.0). timm.create_model is replaced: nothing is downloaded."""
+    from pathlib import Path
+
+    import timm
+
+    from bundle_runner import bundle_parser
+
+    calls = []
+    create = timm.create_model
+
+    def offline(name, pretrained=False, **kwargs):
+        calls.append((name, pretrained))
+        return create(name, pretrained=False, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    parser = bundle_parser(Path(__file__).resolve().parents[1] / "bundles" / "tmca", "train")
+    assert parser.get_parsed_content("image_encoder_weights") == "timm"
+    encoder = parser.get_parsed_content("network_def#image_encoder")
+    assert calls == [("convnext_tiny.fb_in1k", True)]
+    assert encoder.timm_name == "convnext_tiny.fb_in1k" and encoder.body.pretrained_cfg["tag"] == "fb_in1k"
+    # a bare name: the tag timm would load is named (the one its model's pretrained_cfg carries), with a warning
+    calls.clear()
+    with caplog.at_level("WARNING"):
+        bare = TimmFeatureEncoder("convnext_tiny", weights="timm")
+    default = bare.body.pretrained_cfg["tag"]
+    assert default != "fb_in1k" and calls == [(f"convnext_tiny.{default}", True)]
+    assert bare.timm_name == f"convnext_tiny.{default}" and f"convnext_tiny.{default}" in caplog.text

@@ -241,7 +241,7 @@ class OpenClipTextEncoder(nn.Module):
             feats = self.clip.encode_text(self.tokenize(missing).to(device), normalize=self.normalize)
             self.clip.train(was_training)
             for t, f in zip(missing, feats.float().cpu()):
-                self._cache[t] = f
+                self._cache[t] = f.clone()  # its own storage: a row view would keep the whole batch alive
         return torch.stack([self._cache[t] for t in texts], dim=0)
 
     def clear_cache(self) -> None:
