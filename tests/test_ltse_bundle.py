@@ -63,11 +63,12 @@ def test_evaluating_writes_table_1_and_overlays(trained, parts):
     bundle("evaluating", "--config_file", configs("ltse", "evaluate"), *common_args(parts, trained, False), "--num_overlays", "2")
     ev = trained / "eval"
     rows = (ev / "scores.csv").read_text().splitlines()
-    assert rows[0] == "magnification,giou,ciou,nacc,targets,absent"
-    assert rows[-1].startswith("overall,")
+    assert rows[0] == "protocol,magnification,giou,ciou,nacc,targets,absent"
+    # GSVA's teacher-forced protocol first, then the generated answers'
+    assert rows[1].startswith("gsva,") and rows[-1].startswith("generated,overall,")
     summary = json.loads((ev / "summary.json").read_text())
     targets = (ev / "targets.csv").read_text().splitlines()[1:]
-    assert summary["overall"]["targets"] == len(targets) > 0
+    assert summary["gsva"]["overall"]["targets"] == summary["generated"]["overall"]["targets"] == len(targets) / 2 > 0
     assert len(list((ev / "overlays").glob("*.png"))) == 2
     assert len((ev / "answers.csv").read_text().splitlines()) == 7   # header + the 6 test instructions
 

@@ -167,6 +167,8 @@ class LlavaLM(nn.Module):
         prompt_template: the conversation around an instruction (:func:`tokenize_conversation`);
             the data pipeline must build training prompts with the same one.
         config_key: the config key of ``name_or_path``, for error messages.
+        train_all_token_rows: train every row of the input embedding and of ``lm_head`` (LISA's recipe;
+            ~2 x 131M parameters for a 7B model); False: only the new tokens' rows.
 
     ``forward(input_ids (B, L), attention_mask (B, L), pixel_values (B, 3, h, w))`` -> last-layer
     hidden states (B, L, d) (after the final norm: what ``lm_head`` sees) and logits (B, L, V).
@@ -177,7 +179,7 @@ class LlavaLM(nn.Module):
                  lora_targets: Sequence[str] = ("q_proj", "v_proj"), dtype: str = "bfloat16",
                  load_in_4bit: bool = False, gradient_checkpointing: bool = True, pretrained: bool = True,
                  model_config: dict | None = None, prompt_template: str = LLAVA_V1_TEMPLATE,
-                 config_key: str = "llava"):
+                 config_key: str = "llava", train_all_token_rows: bool = False):
         super().__init__()
         from peft import LoraConfig, get_peft_model
 
@@ -203,11 +205,15 @@ class LlavaLM(nn.Module):
         # a tied lm_head follows the embedding's trainable rows; an untied one gets its own
         token_rows = {"embed_tokens": rows} if model.config.tie_word_embeddings else {"embed_tokens": rows,
                                                                                      "lm_head": rows}
+        # train_all_token_rows: every row of the input embedding and lm_head trains, as LISA does (peft
+        # modules_to_save: trained copies of the whole matrices); otherwise only the new tokens' rows
         peft_config = LoraConfig(
             r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, bias="none",
             target_modules=rf".*language_model.*\.({'|'.join(lora_targets)})",
-            trainable_token_indices=token_rows if rows else None,
+            trainable_token_indices=token_rows if rows and not train_all_token_rows else None,
+            modules_to_save=["embed_tokens", "lm_head"] if train_all_token_rows else None,
         )
+        self.train_all_token_rows = train_all_token_rows
         self.model = get_peft_model(model, peft_config)
         for parameter in self.model.parameters():  # float32 master weights for what the optimiser updates
             if parameter.requires_grad:

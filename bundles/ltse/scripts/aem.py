@@ -4,7 +4,8 @@
     w   = F_G(f_img, f_prom)                     eq. 5, the gate network of Fig. 2
     y   = sum_i w_i * m_i                        eq. 6
 
-Gate F_G (Fig. 2): self-attention on the prompt tokens f_prom, then two cross-attention layers
+Gate F_G (Fig. 2): self-attention on the prompt tokens f_prom (all [SEG]s of one instruction attend to each
+other; SAM gives one sparse token per [SEG], so per [SEG] alone the attention would be a no-op), then two cross-attention layers
 (prompt queries; image keys = f_img + SAM's positional encoding, values = f_img), each attention
 followed by add & LayerNorm; mean over the prompt tokens; MLP (Linear, ReLU, Linear); a linear
 layer to n logits; softmax; the top k weights are kept, the rest set to 0, and the kept ones
@@ -58,7 +59,10 @@ class ExpertGate(nn.Module):
         n = prompts.shape[0]
         values = image_embedding.flatten(2).transpose(1, 2).expand(n, -1, -1)  # (N, hw, C)
         keys = values + image_pe.flatten(2).transpose(1, 2)
-        x = self.norms[0](prompts + self.self_attn(prompts, prompts, prompts, need_weights=False)[0])
+        # self-attention over all prompt tokens of the instruction together (its N [SEG]s x T tokens each):
+        # per [SEG] alone it would attend over SAM's single sparse token, a no-op
+        joint = prompts.reshape(1, -1, prompts.shape[-1])
+        x = self.norms[0](prompts + self.self_attn(joint, joint, joint, need_weights=False)[0].reshape(prompts.shape))
         for attn, norm in zip(self.cross_attn, self.norms[1:]):
             x = norm(x + attn(x, keys, values, need_weights=False)[0])
         probs = self.head(self.mlp(x.mean(dim=1))).softmax(dim=-1)

@@ -204,25 +204,34 @@ class LTSEPrepareBatch:
 
 @configurable
 class LTSEInferer:
-    """Training: the teacher-forced pass (``LTSE.forward``). Evaluation: the model answers each prompt itself
-    (greedy) and segments each [SEG] of its answer (``LTSE.answer_and_segment``).
+    """Training: the teacher-forced pass (``LTSE.forward``). Evaluation, both protocols of
+    ``evaluation.py``: the model answers each prompt itself (greedy) and segments each [SEG] of its answer
+    (``LTSE.answer_and_segment``, ``generated``); and, when the batch holds the ground-truth answer
+    (``LTSEInputsd(with_answer=True)``), GSVA's teacher-forced slots (``LTSE.teacher_forced_slots``, ``forced``).
 
     Args:
         max_new_tokens: answer length limit when generating.
         threshold: mask logit threshold.
+        teacher_forced: also run GSVA's teacher-forced pass (False: ``forced`` is None).
     """
 
-    def __init__(self, max_new_tokens: int = 64, threshold: float = 0.0):
-        self.max_new_tokens, self.threshold = max_new_tokens, threshold
+    def __init__(self, max_new_tokens: int = 64, threshold: float = 0.0, teacher_forced: bool = True):
+        self.max_new_tokens, self.threshold, self.teacher_forced = max_new_tokens, threshold, teacher_forced
 
     def __call__(self, inputs: torch.Tensor, network, *args, **kwargs):
         net = getattr(network, "module", network)
         if network.training:
             return network(inputs, *args, **{k: kwargs[k] for k in NETWORK_INPUTS})
-        results = []
+        results, forced = [], []
         for b in range(inputs.shape[0]):
-            prompt = kwargs["input_ids"][b, : kwargs["prompt_lengths"][b]][None]
+            prompt_length = kwargs["prompt_lengths"][b]
+            prompt = kwargs["input_ids"][b, :prompt_length][None]
             results.append(net.answer_and_segment(
                 prompt, inputs[b: b + 1], kwargs["sam_images"][b], kwargs["resize_sizes"][b],
                 kwargs["original_sizes"][b], self.max_new_tokens, self.threshold))
-        return {"generated": results}
+            length = int(kwargs["attention_mask"][b].sum())
+            if self.teacher_forced and length > prompt_length:  # the batch holds the ground-truth answer
+                forced.append(net.teacher_forced_slots(
+                    kwargs["input_ids"][b, :length][None], inputs[b: b + 1], kwargs["sam_images"][b],
+                    kwargs["resize_sizes"][b], kwargs["original_sizes"][b], prompt_length, self.threshold))
+        return {"generated": results, "forced": forced if len(forced) == len(results) else None}

@@ -22,7 +22,8 @@ vocabulary), ``use_aem`` (Table 2 "w/o AEM": one decoder, no gate), ``num_expert
 
 Checkpoints (``common.engine.checkpoints.ModelDescription`` with ``leave_out_frozen_pretrained``) hold
 only the trained parts: LoRA weights and new-token rows of the LLM (``llava.*lora_*``,
-``llava.*trainable_tokens_delta*``), ``projector.*``, ``aem.*`` (experts and gate) or ``decoder.*``.
+``llava.*trainable_tokens_delta*``; with ``LlavaLM(train_all_token_rows=True)`` the whole trained embedding and
+lm_head, ``llava.*modules_to_save*``), ``projector.*``, ``aem.*`` (experts and gate) or ``decoder.*``.
 Everything else under ``llava.`` and ``sam.`` is the frozen pretrained base and loads from its config
 keys when the network is built again (a base with random weights, named by no source, stays in).
 """
@@ -128,10 +129,11 @@ class LTSE(nn.Module):
                resize_sizes=None, original_sizes=None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Masks (n_b, H, W) logits and, with AEM, gate weights (n_b, n) per sample.
 
-        SAM encodes only the images that have a [SEG].
+        SAM encodes only the images that have a [SEG], one at a time: ViT-H's global attention on a batch of
+        two 1024-pixel images holds a (2 x 16, 4096, 4096) score tensor (~3-4 GB), more than a 24 GB GPU spares.
         """
         used = [b for b, p in enumerate(positions) if len(p)]
-        embeddings = self.sam.encode_image(sam_images[used]) if used else None
+        embeddings = torch.cat([self.sam.encode_image(sam_images[b: b + 1]) for b in used]) if used else None
         image_pe = self.sam.dense_positional_encoding()
         masks, weights = [], []
         for b, pos in enumerate(positions):
@@ -224,6 +226,41 @@ class LTSE(nn.Module):
         return self.answer_and_segment(batch["input_ids"].to(device), batch["pixel_values"].to(device), sam_image,
                                        resize, tuple(image.shape[-2:]), max_new_tokens, threshold,
                                        **generation_kwargs)
+
+    @torch.no_grad()
+    def teacher_forced_slots(self, input_ids: torch.Tensor, pixel_values: torch.Tensor, sam_image: torch.Tensor,
+                             resize_size: Sequence[int], output_size: Sequence[int], prompt_length: int,
+                             threshold: float = 0.0) -> dict:
+        """GSVA's evaluation: one pass over prompt + ground-truth answer (``input_ids`` (1, L), no padding); each
+        ground-truth [SEG] / [REJ] slot is read at its own position, so a slot the model would drop or add in free
+        generation shifts nothing.
+
+        Returns ``tokens``: per ground-truth slot, the token the model predicts there (argmax of the logits at the
+        position before it): ``[SEG]``, ``[REJ]`` or ``other``; ``truth_tokens``: the ground-truth slot tokens;
+        ``masks`` / ``mask_logits``: per slot, the mask decoded from the hidden state at that position (for every
+        slot, [REJ] ones included: a [REJ] slot the model answers with [SEG] is scored with its mask).
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            hidden, logits = self.llava(input_ids, torch.ones_like(input_ids), pixel_values)
+            answer = input_ids[0, prompt_length:]
+            is_slot = answer == self.seg_token_id
+            if self.rej_token_id is not None:
+                is_slot |= answer == self.rej_token_id
+            positions = prompt_length + is_slot.nonzero().squeeze(1)
+            names = {self.seg_token_id: SEG_TOKEN} | ({self.rej_token_id: REJ_TOKEN} if self.use_rej else {})
+            truth = [names[int(i)] for i in input_ids[0, positions]]
+            predicted = [names.get(int(i), "other") for i in logits[0, positions - 1].argmax(-1)]
+            result = {"tokens": predicted, "truth_tokens": truth, "masks": [], "mask_logits": []}
+            if len(positions):
+                masks, _ = self._masks(hidden, [positions - 1], sam_image[None], [tuple(resize_size)],
+                                       [tuple(output_size)])
+                result["mask_logits"] = list(masks[0])
+                result["masks"] = [m > threshold for m in masks[0]]
+            return result
+        finally:
+            self.train(was_training)
 
     @torch.no_grad()
     def answer_and_segment(self, prompt: torch.Tensor, pixel_values: torch.Tensor, sam_image: torch.Tensor,

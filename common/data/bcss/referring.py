@@ -2,9 +2,10 @@
 
 :func:`build_referring_records` cuts each ROI into patches at two magnifications (40x: the ROI's own
 0.25 micron/pixel; 20x: 0.5, the ROI downsampled by 2), and writes for each patch a few instructions that ask
-for one or several tissue classes: present ones, sometimes with their position and area (the paper's
-"extended region annotations"), and sometimes a class the patch does not hold, which the answer must
-reject. One JSON line per instruction (paths relative to the records file)::
+for one or several tissue classes: present ones, and sometimes a class the patch does not hold, which the
+answer must reject; any target may carry a position and area (the paper's "extended region annotations").
+Absent targets are described like present ones and drawn so that every class is rejected in about the same
+share of its mentions (:class:`NegativeBalance`): the text alone does not tell [SEG] from [REJ]. One JSON line per instruction (paths relative to the records file)::
 
     {"image": "40x/images/TCGA-A1-A0SK-DX1_r0_c1.png", "mask": "40x/masks/TCGA-A1-A0SK-DX1_r0_c1.png",
      "instruction": "Please segment the tumor in the upper left part and the necrosis or debris.",
@@ -94,33 +95,101 @@ def folds_by_slide(slides: Sequence[str], num_folds: int = 5, seed: int = 0) -> 
     return {slide: i % num_folds for i, slide in enumerate(rng.permutation(order).tolist())}
 
 
+class NegativeBalance:
+    """What keeps the text alone from telling a present target from an absent one, across a whole build.
+
+    * Class prior: each absent target (negative) is the candidate class with the fewest negatives per present
+      mention so far (``present[c] / (absent[c] + 1)`` largest; ties drawn at random), among the classes that
+      have been asked for as present. So every class ends up rejected in about the same share of its mentions,
+      and a class never asked for as present is never asked for as absent (it would be a giveaway).
+    * Descriptions: an absent target is described (position and area) as often as a present one, with a
+      description drawn from those this class got when it was present (``memory`` per class), so the phrase
+      reads the same either way.
+    """
+
+    def __init__(self, memory: int = 64):
+        self.present: dict[str, int] = {}
+        self.absent: dict[str, int] = {}
+        self.descriptions: dict[str, list[str]] = {}
+        self.memory = memory
+
+    def saw_present(self, name: str, description: str, rng: np.random.Generator) -> None:
+        self.present[name] = self.present.get(name, 0) + 1
+        kept = self.descriptions.setdefault(name, [])
+        if len(kept) < self.memory:
+            kept.append(description)
+        else:  # reservoir: a uniform sample of every description this class got
+            k = int(rng.integers(self.present[name]))
+            if k < self.memory:
+                kept[k] = description
+
+    def pick_absent(self, candidates: Sequence[str], rng: np.random.Generator) -> str | None:
+        seen = [c for c in candidates if self.present.get(c, 0)]
+        if not seen:
+            return None
+        ratio = np.array([self.present[c] / (self.absent.get(c, 0) + 1) for c in seen])
+        best = [c for c, r in zip(seen, ratio) if r >= ratio.max() - 1e-12]
+        name = best[int(rng.integers(len(best)))]
+        self.absent[name] = self.absent.get(name, 0) + 1
+        return name
+
+    def description(self, name: str, rng: np.random.Generator) -> str:
+        kept = self.descriptions[name]
+        return kept[int(rng.integers(len(kept)))]
+
+
 def instructions_for_patch(mask: np.ndarray, tissue: Mapping[int, str], rng: np.random.Generator, count: int = 2,
                            max_targets: int = 3, absent_prob: float = 0.3, describe_prob: float = 0.5,
-                           min_area: float = 0.01) -> list[dict]:
+                           min_area: float = 0.01, balance: NegativeBalance | None = None) -> list[dict]:
     """``count`` (instruction, targets, answer) dicts for one patch mask of class codes.
 
     Present candidates cover at least ``min_area`` of the patch; absent ones do not occur in it at all
     (a class with a few pixels is neither asked for nor rejected). ``tissue``: code -> name of the classes
     a user may ask for.
+
+    ``balance``: one :class:`NegativeBalance` shared by every patch of a build, so that neither a target's class
+    nor its description tells whether it is present (a text-only model cannot beat chance); each target is then
+    replaced by an absent class with probability ``absent_prob`` (so an instruction may hold only absent
+    targets, and the number of targets says nothing either). None: the earlier
+    builder, with a shortcut: only present targets were described, negatives were drawn uniformly from every
+    absent class (mostly rare ones), and at most one per instruction was added to >= 1 present target
+    (``absent_prob`` per instruction); kept to reproduce earlier builds.
     """
     names = list(tissue.values())
     fractions = {tissue[c]: float((mask == c).mean()) for c in tissue}
     present = [n for n in names if fractions[n] >= min_area]
     absent = [n for n in names if fractions[n] == 0.0]
     code_of = {n: c for c, n in tissue.items()}
+
+    def region_words(name: str) -> str:
+        region = mask == code_of[name]
+        return f"{position_phrase(region)}, {area_phrase(region)}"
+
     out = []
     for _ in range(count if present else 0):
         k = int(rng.integers(1, min(max_targets, len(present)) + 1))
         chosen = [present[i] for i in rng.choice(len(present), size=k, replace=False)]
-        if absent and rng.random() < absent_prob:
-            chosen = chosen[: max_targets - 1]
-            chosen.insert(int(rng.integers(0, len(chosen) + 1)), absent[int(rng.integers(len(absent)))])
+        if balance is None:  # the earlier builder: at most one negative, added beside the present targets
+            if absent and rng.random() < absent_prob:
+                chosen = chosen[: max_targets - 1]
+                chosen.insert(int(rng.integers(0, len(chosen) + 1)), absent[int(rng.integers(len(absent)))])
+        else:  # each target independently absent: neither the target count nor the slot tells
+            for i in range(len(chosen)):
+                if rng.random() < absent_prob:
+                    negative = balance.pick_absent([a for a in absent if a not in chosen], rng)
+                    if negative is not None:
+                        chosen[i] = negative
+            for name in chosen:  # the present targets asked for, counted before a negative may be described
+                if name in present:
+                    balance.saw_present(name, region_words(name), rng)
         words = []
         for name in chosen:
             word = phrase(name)
-            if name in present and rng.random() < describe_prob:
-                region = mask == code_of[name]
-                word = f"{word} {position_phrase(region)}, {area_phrase(region)}"
+            if balance is None:
+                if name in present and rng.random() < describe_prob:
+                    word = f"{word} {region_words(name)}"
+            elif rng.random() < describe_prob:
+                word = f"{word} {region_words(name) if name in present else balance.description(name, rng)}"
             words.append(word)
         template = _TEMPLATES[int(rng.integers(len(_TEMPLATES)))]
         instruction = template.format(targets=join_words(words))
@@ -151,7 +220,7 @@ def build_referring_records(bcss_dir: str | Path, out_dir: str | Path, patch_siz
                             max_targets: int = 3, absent_prob: float = 0.3, describe_prob: float = 0.5,
                             min_area: float = 0.01, max_outside: float = 0.5, num_folds: int = 5, seed: int = 0,
                             max_patches_per_roi: int | None = None, overwrite: bool = False,
-                            progress: bool = True) -> Path:
+                            progress: bool = True, balanced: bool = True) -> Path:
     """Write patches, masks and ``records.jsonl`` (module doc) in a new ``out_dir``; returns the records file.
 
     Args:
@@ -163,6 +232,9 @@ def build_referring_records(bcss_dir: str | Path, out_dir: str | Path, patch_siz
         max_outside: skip patches with more than this fraction outside the annotated ROI (code 0).
         num_folds, seed: the WSI-level split (:func:`folds_by_slide`).
         max_patches_per_roi: keep at most this many patches per ROI and magnification (None: all).
+        balanced: absent targets described like present ones and drawn so the class prior tells nothing
+            (:class:`NegativeBalance`); False: the earlier builder's text, where a described target is always
+            present and negatives are mostly rare classes (a text-only shortcut; for reproducing old builds).
         overwrite: replace an ``out_dir`` an earlier build wrote (one with ``records.jsonl``); otherwise an
             ``out_dir`` that holds files is refused. The records are written beside ``out_dir`` and renamed to
             it when complete (:mod:`common.data.output_folder`), so a failed build leaves nothing behind.
@@ -175,7 +247,7 @@ def build_referring_records(bcss_dir: str | Path, out_dir: str | Path, patch_siz
     with staged_folder(out_dir, overwrite, written_by=RECORDS_NAME) as folder:
         count = _write_records(folder, rois, table, table_file, patch_size, dict(magnifications or MAGNIFICATIONS),
                                instructions_per_patch, max_targets, absent_prob, describe_prob, min_area, max_outside,
-                               num_folds, seed, max_patches_per_roi, progress)
+                               num_folds, seed, max_patches_per_roi, progress, balanced)
         if count == 0:
             raise DatasetError(bcss_dir, f"no patch of {patch_size} px held enough annotated tissue; lower patch_size")
     records_file = Path(out_dir) / RECORDS_NAME
@@ -185,7 +257,7 @@ def build_referring_records(bcss_dir: str | Path, out_dir: str | Path, patch_siz
 
 def _write_records(out: Path, rois, table, table_file, patch_size, magnifications, instructions_per_patch,
                    max_targets, absent_prob, describe_prob, min_area, max_outside, num_folds, seed,
-                   max_patches_per_roi, progress) -> int:
+                   max_patches_per_roi, progress, balanced=True) -> int:
     """Write the patches, masks, class table and records of :func:`build_referring_records` into ``out``."""
     from PIL import Image
     from tqdm import tqdm
@@ -193,6 +265,7 @@ def _write_records(out: Path, rois, table, table_file, patch_size, magnification
     tissue = {c: n for c, n in table.items() if n not in NOT_TISSUE}
     folds = folds_by_slide([r.slide for r in rois], num_folds, seed)
     rng = np.random.default_rng(seed)
+    balance = NegativeBalance() if balanced else None
     shutil.copyfile(table_file, out / TABLE_NAME)
     count = 0
     with (out / RECORDS_NAME).open("w") as f:
@@ -209,7 +282,7 @@ def _write_records(out: Path, rois, table, table_file, patch_size, magnification
                     if (patch_codes == 0).mean() > max_outside:
                         continue
                     items = instructions_for_patch(patch_codes, tissue, rng, instructions_per_patch, max_targets,
-                                                   absent_prob, describe_prob, min_area)
+                                                   absent_prob, describe_prob, min_area, balance)
                     if not items:
                         continue
                     name = f"{roi.image.stem}_r{r}_c{c}.png"
