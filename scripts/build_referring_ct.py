@@ -3,12 +3,18 @@
     # lesion-instance maps (every non-zero value is one lesion)
     python scripts/build_referring_ct.py --ct /data/ct --labels /data/lesions --out_dir /data/refct --lesion_values all
     python scripts/build_referring_ct.py --pairs pairs.csv --out_dir /data/refct --lesion_values all  # ct,label[,case]
-    # LiTS/KiTS-style labels (1 organ, 2 tumour): split tumour voxels into 3-D connected lesions
-    python scripts/build_referring_ct.py --pairs lits.csv --out_dir /data/refct \
-        --lesion_values "[2]" --connected_components True
+    # LiTS (1 liver, 2 tumour): volume-N.nii / segmentation-N.nii pair by their names (one folder, or
+    # --labels for the segmentation folder); split the tumour voxels into 3-D connected lesions
+    python scripts/build_referring_ct.py --ct /data/LiTS/train --out_dir /data/refct \
+        --lesion_values "[2]" --connected_components true
+    # KiTS-style case folders (case_00000/imaging.nii.gz, .../segmentation.nii.gz): a pairs CSV
+    python scripts/build_referring_ct.py --pairs kits.csv --out_dir /data/refct \
+        --lesion_values "[2]" --connected_components true
 
-Volumes are read through MONAI (nibabel for NIfTI, ITK for MHA/NRRD/DICOM series
-files ...) and reoriented to RAS. For every axial slice that contains lesions it
+Volumes are read from single files through MONAI (nibabel for NIfTI, ITK for MHA/NRRD) and
+reoriented to RAS; DICOM series are not read (convert each to NIfTI first, e.g. with dcm2niix).
+Without --connected_components every lesion value is one lesion: a value that holds separate
+tumours is named in a warning. For every axial slice that contains lesions it
 writes the windowed slice and its lesion-id map as PNGs (``--output_format png``,
 the default) or refers to the volumes themselves (``volume``), and one record per
 lesion whose text names its size rank, side and diameter. Cases are split into
@@ -36,14 +42,16 @@ def main(out_dir: str, ct: str | None = None, labels: str | None = None, pairs: 
 
     Args:
         out_dir: output folder, new or empty; it appears when the dataset is complete (written beside it first).
-        ct: a CT volume, or a folder of them.
-        labels: its lesion-label volume, or a folder with label volumes of the same file names.
+        ct: a CT volume file, or a folder of them (not a DICOM series: convert it to NIfTI first).
+        labels: its lesion-label volume, or a folder with label volumes of the same file names; LiTS's
+            ``volume-N.nii[.gz]`` pair with ``segmentation-N.nii[.gz]`` here or, without labels, beside them.
         pairs: instead of ct/labels, a CSV with columns ``ct,label[,case]`` (paths relative to it).
         output_format: ``png`` (windowed slice PNGs) or ``volume`` (records point at the volumes).
         val_fraction, test_fraction, seed: patient-level split.
         lesion_values: which label values are lesions (required): ``all`` (every non-zero value is one
             lesion) or a list such as ``"[2]"`` (LiTS/KiTS tumour; 1 is the organ).
-        connected_components: split the lesion voxels into 3-D connected components.
+        connected_components: split the lesion voxels into 3-D connected components (without it, each
+            lesion value is one lesion; a value holding separate components is named in a warning).
         window_hu: (low, high) HU window; default abdominal (-160, 240).
         min_lesion_pixels: lesion cross-sections smaller than this are not referred to.
         resample_labels: resample a label volume whose grid (shape/affine) differs from the CT's onto

@@ -68,11 +68,14 @@ def test_evaluating_with_partial_text(data, trained):
     rows = list(__import__("csv").DictReader(open(ev / "per_image.csv")))
     modes = [r["mode"] for r in rows]
     assert modes == ["own"] * 3 + ["half"] * 3 + ["quarter"] * 3 + ["shuffled"] * 3 + ["empty"] * 3
-    own, quarter = rows[0]["text"], rows[6]["text"]
-    assert quarter == " ".join(own.split()[: -(-len(own.split()) // 4)])  # the first quarter of the words
+    own, half, quarter = rows[0]["text"], rows[3]["text"], rows[6]["text"]
+    # whole attributes dropped: (1/2) keeps size rank and side, (1/4) the side
+    assert own.startswith(half + ", ") and own.endswith(" mm in diameter") and "mm" not in half
+    assert quarter.startswith("a lesion in this slice, on the patient's ") and quarter.endswith(" side")
     summary = (ev / "summary.md").read_text()
-    assert "first 1/2 of the words" in summary and "first 1/4 of the words" in summary
     assert summary in proc.stdout
+    assert ("whole attributes dropped: half keeps the size rank and side; quarter keeps the side (of size rank, "
+            "side, diameter)") in proc.stdout
     assert len(list((ev / "overlays" / "quarter").glob("*.png"))) == 1
 
 
@@ -139,6 +142,19 @@ def test_two_process_gloo_ddp(data, tmp_path):
     state = torch.load(out / "models" / "model.pt", map_location="cpu", weights_only=True)["model"]
     assert "stages.0.down.0.weight" in state  # saved without the DDP prefix
 
+
+
+def test_two_process_gloo_ddp_with_the_text_encoder_trained(data, tmp_path):
+    # the paper's default (BERT fine-tuned); MiniLM is a BERT with a pooler too, which no loss reaches
+    out = tmp_path / "ddp_text"
+    proc = bundle("training", "--config_file", configs("lsms", "multi_gpu_train"), "--dataset_dir", str(data),
+                  "--output_dir", str(out), "--epochs", "1", "--batch_size", "2", "--limit", "8", "--num_workers", "0",
+                  "--progress_bar", "false", "--image_size", "64", "--freeze_text_encoder", "false",
+                  torchrun=True, port=29536)
+    assert proc.stdout.count("model file: ") == 1
+    state = torch.load(out / "models" / "model.pt", map_location="cpu", weights_only=True)["model"]
+    trained = [k for k in state if k.startswith("text_encoder.model.")]
+    assert trained and not [k for k in trained if ".pooler." in k]
 
 def test_inference_config_holds_no_architecture_and_metadata_is_complete():
     train = yaml.safe_load((CONFIGS / "train.yaml").read_text())

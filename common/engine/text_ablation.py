@@ -145,8 +145,8 @@ TEXT_MODE_NAMES = {
     "own": "its own",
     "shuffled": "another image's (shuffled)",
     "empty": "empty",
-    "half": "its own, first 1/2 of the words (rounded up)",
-    "quarter": "its own, first 1/4 of the words (rounded up)",
+    "half": "its own, partial (1/2): the record's text_half (LSMS: size rank and side), else the first 1/2 of the words (rounded up)",
+    "quarter": "its own, partial (1/4): the record's text_quarter (LSMS: the side), else the first 1/4 of the words (rounded up)",
 }
 
 

@@ -1,10 +1,12 @@
 """Build referring-lesion records from any CT + lesion-label volume pair (``scripts/build_referring_ct.py``).
 
-The builder reads each pair through MONAI (nibabel for NIfTI, ITK for the rest), reorients both
+The builder reads each pair of volume files through MONAI (nibabel for NIfTI, ITK for MHA/NRRD; a
+DICOM series, a folder of slice files, is not read: convert it to NIfTI first, e.g. with dcm2niix), reorients both
 to RAS, finds the axial slices that contain lesions, and writes one record per lesion in each
 such slice (:mod:`.records`) with a referring expression made of three comma-separated attribute
 phrases (:mod:`.expressions`): its size rank among the slice's lesions, its side (patient
-left/right of the body's midline in that slice) and its largest in-plane diameter in mm.
+left/right of the body's midline in that slice) and its largest in-plane diameter in mm; ``text_half`` and
+``text_quarter`` hold it with whole attributes dropped (LSMS's partial-text rows).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -23,7 +26,7 @@ from common.core.flags import NOTHING_RUN, check_choice, check_range
 from common.data.output_folder import staged_folder
 from transforms.volumes import ABDOMINAL_WINDOW, load_volume, to_display, window
 
-from .expressions import referring_expression
+from .expressions import partial_expressions, referring_expression
 from .geometry import slice_lesions
 
 logger = logging.getLogger(__name__)
@@ -78,13 +81,41 @@ def lesion_value_list(lesion_values: Sequence[int] | str | None, labels: np.ndar
 
 def _instance_labels(labels: np.ndarray, values: Sequence[int], connected_components: bool) -> np.ndarray:
     """Lesion-instance ids from a label volume (values, or 3-D connected components of the lesion values)."""
+    from scipy import ndimage
+
     lesion = np.isin(labels, values)
     if connected_components:
-        from scipy import ndimage
-
         instances, _ = ndimage.label(lesion, structure=np.ones((3, 3, 3)))
         return instances.astype(np.int32)
     return np.where(lesion, labels, 0).astype(np.int32)
+
+
+def separate_lesions_in_one_value(labels: np.ndarray, values: Sequence[int]) -> dict[int, int]:
+    """``{value: number of separate 3-D components}`` for the lesion values that hold more than one."""
+    from scipy import ndimage
+
+    found = {}
+    boxes = ndimage.find_objects(labels.astype(np.int64))  # box i: value i + 1 (None where absent)
+    for value in values:
+        box = boxes[value - 1] if 0 < value <= len(boxes) else None
+        if box is None:
+            continue
+        _, n = ndimage.label(labels[box] == value, structure=np.ones((3, 3, 3)))
+        if n > 1:
+            found[int(value)] = int(n)
+    return found
+
+
+def warn_separate_lesions(labels: np.ndarray, values: Sequence[int], label_path: Path) -> dict[int, int]:
+    """Without connected components, each lesion value is one lesion: say so when a value holds separate
+    tumours (LiTS/KiTS give every tumour one value), whose records would merge them (one size, one side)."""
+    found = separate_lesions_in_one_value(labels, values)
+    if found:
+        parts = ", ".join(f"value {v}: {n} separate components" for v, n in found.items())
+        logger.warning("%s: %s, each referred to as ONE lesion (one diameter across them, one size rank); if that "
+                       "value marks several lesions (LiTS/KiTS tumour labels), pass connected_components=True "
+                       "(--connected_components true) to make each component its own lesion", label_path, parts)
+    return found
 
 
 def _save_png(path: Path, array: np.ndarray, dtype) -> None:
@@ -117,6 +148,8 @@ def build_case(ct_path: str | Path, label_path: str | Path, out_dir: str | Path,
     if np.any(raw_labels < 0) or np.any(raw_labels != np.round(raw_labels)):
         raise DatasetError(label_path, "label volume must hold non-negative integer labels")
     values = lesion_value_list(lesion_values, raw_labels, label_path)
+    if not connected_components:
+        warn_separate_lesions(raw_labels, values, label_path)
     instances = _instance_labels(raw_labels.astype(np.int64), values, connected_components)
 
     mask_ref = str(label_path.resolve())
@@ -151,7 +184,7 @@ def build_case(ct_path: str | Path, label_path: str | Path, out_dir: str | Path,
         for lesion in lesions:
             records.append({
                 "image": image_ref, "slice": slice_ref, "mask": mask_path, "lesion_id": lesion["lesion_id"],
-                "text": referring_expression(lesion), "case": case, "side": lesion["side"],
+                "text": referring_expression(lesion), **partial_expressions(lesion), "case": case, "side": lesion["side"],
                 "size_rank": lesion["rank"] + 1, "lesions_in_slice": lesion["count"],
                 "diameter_mm": round(lesion["diameter_mm"], 2), "spacing_mm": [round(s, 4) for s in spacing],
             })
@@ -246,6 +279,9 @@ def find_pairs(ct: str | Path | None, labels: str | Path | None = None,
                pairs_csv: str | Path | None = None) -> list[tuple[str, str, str]]:
     """``(case, ct, label)`` triples from a CSV (``ct,label[,case]``), two files, or two folders with equal file names.
 
+    LiTS names pair by themselves: ``volume-N.nii[.gz]`` with ``segmentation-N.nii[.gz]`` from ``labels`` (a
+    folder) or, without ``labels``, from the CT's own folder. A folder of DICOM files is refused (not read).
+
     A case is named by the CSV's ``case`` column, else by the CT's file name, else, where file names
     repeat (KiTS: ``case_00000/imaging.nii.gz``), by its folder. Names that still collide raise.
     """
@@ -266,15 +302,31 @@ def find_pairs(ct: str | Path | None, labels: str | Path | None = None,
                for row, name, (ct_p, lab_p) in zip(rows, names, paths)]
         check_unique_cases(out, pairs_csv)
         return out
+    if ct is None:
+        raise ValueError("give ct (a file or folder) and labels, or pairs_csv")
     ct, labels = Path(ct), Path(labels) if labels else None
+    if ct.is_file() and labels is None and LITS_CT.match(ct.name):
+        return [_lits_pair(ct, ct.parent)]
+    if ct.is_dir():
+        files = sorted(p for p in ct.iterdir() if p.is_file() and not p.name.startswith("."))
+        dicom = [p.name for p in files if p.suffix.lower() in (".dcm", ".ima") or p.name.upper() == "DICOMDIR"]
+        if dicom:
+            raise DatasetError(ct, f"holds DICOM files ({dicom[0]}, ...): DICOM series are not read; convert each "
+                                   "series to one NIfTI file first (e.g. dcm2niix) and pass those")
+        lits = [p for p in files if LITS_CT.match(p.name)]
+        if lits:  # LiTS: volume-N.nii[.gz] with segmentation-N.nii[.gz] in the same or the labels folder
+            out = [_lits_pair(p, labels or ct) for p in lits]
+            check_unique_cases(out)
+            return out
     if labels is None:
-        raise ValueError("give labels (a file or folder) or pairs_csv")
+        raise ValueError("give labels (a file or folder) or pairs_csv (LiTS names, volume-N.nii and "
+                         "segmentation-N.nii, are paired by themselves)")
     if ct.is_file():
         return [(_case_name(ct), str(ct), str(labels))]
     if not ct.is_dir():
         raise DatasetError(ct, "CT path does not exist")
     out = []
-    for path in sorted(p for p in ct.iterdir() if p.is_file() and not p.name.startswith(".")):
+    for path in files:
         label = labels / path.name
         if not label.is_file():
             raise DatasetError(label, f"no label volume with the CT's file name ({path})")
@@ -283,6 +335,19 @@ def find_pairs(ct: str | Path | None, labels: str | Path | None = None,
         raise DatasetError(ct, "no CT volumes in the folder")
     check_unique_cases(out)
     return out
+
+
+LITS_CT = re.compile(r"^volume-(\d+)\.nii(\.gz)?$", re.IGNORECASE)
+
+
+def _lits_pair(ct: Path, label_dir: Path) -> tuple[str, str, str]:
+    """``(case, ct, label)`` for LiTS's ``volume-N.nii[.gz]``: its ``segmentation-N.nii[.gz]`` in ``label_dir``."""
+    number = LITS_CT.match(ct.name).group(1)
+    for name in (f"segmentation-{number}.nii", f"segmentation-{number}.nii.gz"):
+        if (label_dir / name).is_file():
+            return _case_name(ct), str(ct), str(label_dir / name)
+    raise DatasetError(label_dir / f"segmentation-{number}.nii", f"no LiTS label volume for {ct} (looked for "
+                                                                 f"segmentation-{number}.nii[.gz] in {label_dir})")
 
 
 def check_unique_cases(pairs: Sequence[tuple[str, str, str]], source: str | Path | None = None) -> None:

@@ -67,3 +67,20 @@ def referring_datalist(dataset_dir: str | Path, split: str) -> list[dict]:
         raise DatasetError(path, "no records")
     return records
 
+
+
+RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def inference_slices(records: list[dict]) -> list[dict]:
+    """Records for inference where ``slice`` means "the axial index of this volume": a record whose image is a
+    2-D raster (the builder's PNG slices keep the index of the volume they came from) has it moved to
+    ``volume_slice``, so a mask written as NIfTI is the slice's own 2-D mask, not a volume to place it in
+    (there is none: the PNG is the slice)."""
+    out = []
+    for record in records:
+        record = dict(record)
+        if record.get("slice") is not None and str(record.get("image", "")).lower().endswith(RASTER_SUFFIXES):
+            record["volume_slice"] = record.pop("slice")
+        out.append(record)
+    return out
