@@ -173,3 +173,23 @@ def test_a_slice_of_a_volume_goes_back_into_a_label_volume_of_its_geometry(tmp_p
         values = np.transpose(itk.array_from_image(label), (2, 1, 0))  # ITK arrays are (z, y, x)
     assert values.shape == ct.shape
     assert np.array_equal(values[:, :, 2], slice_xy) and not np.delete(values, 2, axis=2).any()
+
+
+def test_the_apps_documented_start_command_runs_monai_labels_own_python():
+    """``.venv-label/bin/monailabel`` is a shell script running the first ``python`` on PATH (not MONAI Label's
+    environment unless it is activated): the app's docstring starts the server with the environment's Python,
+    and names the bare ``monailabel`` only for an activated environment."""
+    import ast
+    import re
+
+    doc = ast.get_docstring(ast.parse((ROOT / "scripts" / "label_app" / "main.py").read_text()))
+    commands = [line.strip() for line in doc.splitlines() if re.search(r"\bstart_server\b", line)]
+    assert commands and commands[0].startswith(".venv-label/bin/python -m monailabel.main start_server --app "
+                                               "scripts/label_app "), commands
+    assert not re.search(r"\.venv-label/bin/monailabel start_server", doc)
+    bare = doc.find("``monailabel start_server``")
+    assert bare == -1 or "source .venv-label/bin/activate" in doc[:bare]
+    # the module it runs is MONAI Label's entry point (where its environment is there to look)
+    installed = list((ROOT / ".venv-label").glob("lib/python3*/site-packages/monailabel/main.py"))
+    if installed:
+        assert 'if __name__ == "__main__":' in installed[0].read_text()

@@ -40,9 +40,11 @@ from ignite.handlers.checkpoint import BaseSaveHandler
 from monai.handlers import CheckpointSaver
 
 from transforms.base.values import as_bool
-from transforms.base.describe import (bundle_package, check_description, describe, described_class, instantiate,
-                                      is_bundle_class, relocate, remote_code_requested, source_paths, typed)
-from transforms.base.errors import CheckpointError, ConfigurationError
+from transforms.base.describe import (anchored_description_source, bundle_package, check_description, describe,
+                                      described_class, instantiate, is_bundle_class, relocate, remote_code_requested,
+                                      source_paths, typed)
+from transforms.base.errors import CheckpointError, ConfigurationError, PretrainedWeightsError
+from transforms.base.pretrained import anchored_source, missing_local_source
 
 from .network import unwrap
 from .run_lock import hold_output_folder, release_when_run_ends
@@ -121,6 +123,9 @@ class ModelDescription:
         self.bundle_root = Path(bundle_root)
         self.bundle, self.version = bundle_identity(bundle_root)
         self.settings = _plain(dict(settings or {}))
+        text = self.settings.get("text")
+        if isinstance(text, dict) and isinstance(text.get("tokenizer"), str):  # a local tokenizer folder: absolute,
+            text["tokenizer"] = anchored_source(text["tokenizer"])              # as the network's sources
         self.leave_out = leave_out_frozen_pretrained
         self.training: dict = {}
         self.weights = ModelWeights(network, self.excluded_prefixes())
@@ -176,7 +181,9 @@ def _architecture(config: Any, package=None) -> Any:
         return config
     klass = _described_class_or_none(config.get("_target_"), package)
     ignore = set(getattr(klass, "_pretrained_arguments", {})) | {"model_config"}
-    return {k: _architecture(v, package) for k, v in config.items() if k not in ignore}
+    # a source recorded relative (before sources were recorded absolute) compares as the path it names here
+    return {k: _architecture(anchored_description_source(klass, k, v), package) for k, v in config.items()
+            if k not in ignore}
 
 
 def _described_class_or_none(target: Any, package=None) -> type | None:
@@ -371,17 +378,17 @@ def load_model(path: str | None, bundle_root: str, device: str | None = None,
     state = read_checkpoint(path)
     description = check_checkpoint(state, path, bundle_root, trust_remote_code)
     network_config = relocate(description["network"], pretrained_sources or {}, bundle_root)
+    check_pretrained_sources(network_config, path, bundle_root, given=pretrained_sources or {})
     try:
         network = instantiate(network_config, bundle_root)
     except ConfigurationError:
         raise
     except Exception as err:
         sources = {k: v for k, v in source_paths(network_config, bundle_root).items() if isinstance(v, str)}
-        hint = (" Its pretrained parts load from " + ", ".join(f"{k} = {v!r}" for k, v in sources.items()) +
-                "; where they lie elsewhere on this machine, say so: --pretrained_sources \"{'" +
-                next(iter(sources)) + "': '/path/on/this/machine'}\"") if sources else ""
+        failing = [k for k, v in sources.items() if v == getattr(_pretrained_error(err), "value", None)]
+        hint = _sources_hint(sources, failing or list(sources)[:1]) if sources else ""
         raise CheckpointError(path, f"cannot build the network it describes ({summary(description)}): "
-                                    f"{type(err).__name__}: {str(err).splitlines()[0]}.{hint}") from err
+                                    f"{type(err).__name__}: {(str(err).splitlines() or [''])[0].rstrip('.')}.{hint}") from err
     load_weights(network, state["model"], description.get("excluded", ()), path)
     keep_left_out_parts(network, description.get("excluded", ()))
     network.eval()
@@ -389,6 +396,47 @@ def load_model(path: str | None, bundle_root: str, device: str | None = None,
         network.to(device)
     logger.info("loaded %s from %s", summary(description), path)
     return LoadedModel(network, dict(description, network=network_config), str(path))
+
+
+def check_pretrained_sources(network_config: Mapping, path: str | Path | None, bundle_root: str | Path,
+                             given: Mapping | None = None) -> None:
+    """Before anything is built (LLaVA's 7B, SAM's ViT-H): every pretrained part that loads its weights from a
+    source (:func:`transforms.base.describe.source_paths` with ``loading``) finds it on this machine. A local
+    path that is not there (the model was trained on another machine, or is an old checkpoint whose relative
+    paths resolved from the folder it was trained in) raises a :class:`CheckpointError` naming the checkpoint,
+    each missing source's key and path, and the ``--pretrained_sources`` that says where this machine keeps
+    them. ``given``: the sources the user pointed elsewhere (``pretrained_sources``)."""
+    sources = {k: v for k, v in source_paths(network_config, bundle_root, loading=True).items() if isinstance(v, str)}
+    missing = {key: why for key, value in sources.items() if (why := missing_local_source(value)) is not None}
+    if not missing:
+        return
+    given = given or {}
+    told = "; ".join(f"{key} = {sources[key]!r}{' (given in pretrained_sources)' if key in given else ''}: {why}"
+                     for key, why in missing.items())
+    relative = [key for key in missing if key not in given and not os.path.isabs(os.path.expanduser(sources[key]))]
+    note = (f" A relative path is read from the current folder ({os.getcwd()}): run from the folder the model was "
+            "trained in, or say where this machine keeps it." if relative else "")
+    all_sources = {k: v for k, v in source_paths(network_config, bundle_root).items() if isinstance(v, str)}
+    raise CheckpointError(path, f"its pretrained parts are not on this machine where it says, so nothing was built: "
+                                f"{told}.{note}{_sources_hint(all_sources, list(missing))}")
+
+
+def _sources_hint(sources: Mapping[str, str], keys: Sequence[str]) -> str:
+    """`` Its pretrained parts load from k = v, ...; ... --pretrained_sources "{'k': '/path/on/this/machine'}"``."""
+    flag = "{" + ", ".join(f"'{key}': '/path/on/this/machine'" for key in keys) + "}"
+    return (" Its pretrained parts load from " + ", ".join(f"{k} = {v!r}" for k, v in sources.items()) +
+            f"; where they lie elsewhere on this machine, say so: --pretrained_sources \"{flag}\"")
+
+
+def _pretrained_error(err: BaseException | None) -> PretrainedWeightsError | None:
+    """The :class:`PretrainedWeightsError` behind ``err`` (itself, or what it was raised from), if any."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, PretrainedWeightsError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def _load_exported(path: str, bundle_root: str, device: str | None,

@@ -29,7 +29,7 @@ def timm_pretrained_name(name: str) -> str:
     return f"{base}.{default}" if default else name
 
 
-@configurable(pretrained={"weights": None})
+@configurable(pretrained={"weights": None}, source_names={"weights": ("timm",)})
 class TimmFeatureEncoder(nn.Module):
     """A timm backbone (ConvNeXt by default) returning its stage outputs.
 

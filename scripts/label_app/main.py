@@ -1,7 +1,15 @@
 """A MONAI Label app that serves the text-guided segmentation bundles (README, "Serve with MONAI Label").
 
-    .venv-label/bin/monailabel start_server --app scripts/label_app --studies <images folder> \\
+Started with the Python of MONAI Label's environment (``make label-env``), from the repository root, with no
+environment activated::
+
+    .venv-label/bin/python -m monailabel.main start_server --app scripts/label_app --studies <images folder> \\
         --conf bundles "served/tmca,served/lsms,served/monch" --host 127.0.0.1 --port 8000
+
+or, with the environment activated (``source .venv-label/bin/activate``), ``monailabel start_server`` and the
+same arguments. Not ``.venv-label/bin/monailabel`` without activating it: that is a shell script which runs
+``python -m monailabel.main`` with the first ``python`` on ``PATH``, another Python without MONAI Label
+("No module named 'monailabel'").
 
 ``--conf`` keys:
 

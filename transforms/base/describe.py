@@ -183,12 +183,16 @@ def typed(func: Callable) -> Callable:
 
 # ---------------------------------------------------------------------------- recording
 def configurable(cls: type | None = None, *, pretrained: Mapping[str, Any] | None = None,
-                 sources: Iterable[str] | None = None):
+                 sources: Iterable[str] | None = None, source_names: Mapping[str, Iterable[str]] | None = None):
     """Class decorator: typed constructor arguments and a recorded description (module doc).
 
     ``sources``: the arguments that say where the pretrained weights lie (a file, a folder, a hub id), which a
     user may point elsewhere when a model is loaded on another machine (:func:`relocate`); default: the
-    ``pretrained`` arguments themselves."""
+    ``pretrained`` arguments themselves. A source given as a path relative to the current folder is recorded as
+    the absolute path it named (:func:`transforms.base.pretrained.anchored_source`), so the description builds
+    the same part from any folder; hub ids, packaged model names and tags are recorded as given.
+    ``source_names``: values of a source argument that the class reads as names, never as paths (timm's
+    ``weights: timm``), recorded as given even where a file of that name lies in the current folder."""
 
     def decorate(klass: type) -> type:
         original = klass.__init__
@@ -205,6 +209,7 @@ def configurable(cls: type | None = None, *, pretrained: Mapping[str, Any] | Non
                         recorded.update(bound.arguments[name])
                     else:
                         recorded[name] = bound.arguments[name]
+                _anchor_sources(klass, recorded)
                 object.__setattr__(self, "_configured_with", recorded)
             original(*bound.args, **bound.kwargs)
 
@@ -212,12 +217,36 @@ def configurable(cls: type | None = None, *, pretrained: Mapping[str, Any] | Non
         klass._described_by_configurable = True  # what a description may name (described_class)
         klass._pretrained_arguments = dict(pretrained or {})
         klass._source_arguments = tuple(sources) if sources is not None else tuple(klass._pretrained_arguments)
-        for name in (*klass._pretrained_arguments, *klass._source_arguments):
+        klass._source_names = {name: tuple(values) for name, values in (source_names or {}).items()}
+        for name in (*klass._pretrained_arguments, *klass._source_arguments, *klass._source_names):
             if name not in inspect.signature(original).parameters:
                 raise TypeError(f"{klass.__name__} has no argument '{name}' to mark as pretrained")
         return klass
 
     return decorate(cls) if cls is not None else decorate
+
+
+def _anchor_sources(klass: type, recorded: dict) -> None:
+    """The recorded pretrained sources of ``klass`` as they resolve from any folder (a relative path that
+    exists from the current folder becomes absolute; :func:`transforms.base.pretrained.anchored_source`)."""
+    from .pretrained import anchored_source
+
+    for name in klass._source_arguments:
+        value = recorded.get(name)
+        if isinstance(value, str) and value not in klass._source_names.get(name, ()):
+            recorded[name] = anchored_source(value)
+
+
+def anchored_description_source(klass: type | None, name: str, value: Any) -> Any:
+    """``value`` of argument ``name`` of ``klass`` as :func:`configurable` records it now (a relative local
+    source made absolute): two descriptions of one part, one written before sources were recorded absolute,
+    compare equal."""
+    if klass is None or name not in getattr(klass, "_source_arguments", ()) or not isinstance(value, str) \
+            or value in getattr(klass, "_source_names", {}).get(name, ()):
+        return value
+    from .pretrained import anchored_source
+
+    return anchored_source(value)
 
 
 def is_configurable(obj: Any) -> bool:
@@ -435,9 +464,12 @@ def bundle_config(config: Any, bundle_root: str | Path) -> Any:
     return rewrite(config)
 
 
-def source_paths(config: Mapping, bundle_root: str | Path | None = None) -> dict[str, Any]:
+def source_paths(config: Mapping, bundle_root: str | Path | None = None, loading: bool = False) -> dict[str, Any]:
     """``{"sam.checkpoint": "/weights/sam_vit_h_4b8939.pth", ...}``: where in a description the pretrained
-    parts say their weights lie (each configurable class's ``sources``), with the values it holds."""
+    parts say their weights lie (each configurable class's ``sources``), with the values it holds.
+    ``loading``: only the parts that load their weights from there when the description is built (a pretrained
+    argument that differs from its value for weights from a checkpoint: ``sam.checkpoint`` not null,
+    ``llava.pretrained`` true), not those whose weights the checkpoint holds."""
     found: dict[str, Any] = {}
     package = bundle_package(bundle_root) if bundle_root is not None else None
 
@@ -445,7 +477,9 @@ def source_paths(config: Mapping, bundle_root: str | Path | None = None) -> dict
         if isinstance(node, Mapping):
             if "_target_" in node:
                 klass = described_class(node["_target_"], path, package=package)
-                for name in getattr(klass, "_source_arguments", ()):
+                offline = getattr(klass, "_pretrained_arguments", {})
+                reads = not offline or any(node.get(arg, _ABSENT) != value for arg, value in offline.items())
+                for name in getattr(klass, "_source_arguments", ()) if reads or not loading else ():
                     if name in node:
                         found[f"{path}.{name}" if path else name] = node[name]
             for key, value in node.items():
@@ -457,6 +491,9 @@ def source_paths(config: Mapping, bundle_root: str | Path | None = None) -> dict
 
     walk(config, "")
     return found
+
+
+_ABSENT = object()
 
 
 def relocate(config: Mapping, sources: Mapping[str, Any], bundle_root: str | Path | None = None) -> dict:
