@@ -77,11 +77,24 @@ def _resolve_pair(name: str, image_dir: Path, mask_dir: Path, text_file: Path) -
     mask_candidates = [mask_dir / name, mask_dir / f"mask_{stem}", mask_dir / stem]
     image = next((p for p in image_candidates if p.is_file()), None)
     if image is None:
+        # LViT's MoNuSeg Test_Folder stores img/*.tif while Test_text.xlsx names *.png: match by stem
+        image = _same_stem(image_dir, Path(stem).stem)
+    if image is None:
         raise DatasetError(text_file, f"row '{name}': image {image_candidates[0]} does not exist")
     mask = next((p for p in mask_candidates if p.is_file()), None)
     if mask is None:
         raise DatasetError(text_file, f"row '{name}': mask {mask_candidates[0]} does not exist")
     return image, mask
+
+
+def _same_stem(folder: Path, stem: str) -> Path | None:
+    """The one image file in ``folder`` named ``stem`` with any image suffix; several raise (ambiguous)."""
+    found = sorted(p for p in (folder / f"{stem}{s}" for s in IMAGE_SUFFIXES + tuple(x.upper() for x in IMAGE_SUFFIXES))
+                   if p.is_file())
+    found = sorted({p.resolve(): p for p in found}.values())
+    if len(found) > 1:
+        raise DatasetError(folder, f"several images share the stem '{stem}': {[p.name for p in found]}")
+    return found[0] if found else None
 
 
 def lvit_datalist(
