@@ -169,7 +169,7 @@ if Path("configs/ckpt_export.json").is_file():
 
 @pytest.mark.parametrize("name", BUNDLES)
 def test_the_zoo_ci_accepts_the_unpacked_zip_in_an_environment_of_its_listed_packages(name, trained, tmp_path,
-                                                                                      listed_python):
+                                                                                      listed_python, capsys):
     """Item by item what the zoo's CI and a zoo user run, on the unpacked zip, from its own folder, in an
     environment holding only the packages its metadata lists (tests/listed_env.py): the model stays out of
     the zip and comes through large_files.yml (file:// url, sha256); metadata.json verifies against the schema
@@ -183,6 +183,7 @@ def test_the_zoo_ci_accepts_the_unpacked_zip_in_an_environment_of_its_listed_pac
     published.parent.mkdir()
     published.write_bytes(model.read_bytes())
     archive = package_bundle(name, model, tmp_path / "dist", max_zip_mb=0.01, model_url=f"file://{published}")
+    assert f"stays out of the zip; its large_files.yml says to download it from file://{published}" in capsys.readouterr().out
     monai.bundle.download(name=name, version=archive.stem.split("_v")[1], bundle_dir=str(tmp_path / "zoo"),
                           url=f"file://{archive}", progress=False)
     folder = tmp_path / "zoo" / name

@@ -108,3 +108,19 @@ def test_a_summary_names_a_part_built_from_its_own_config():
     assert model_summary(description, [32, 32], None) == (
         "The model in this package (monch 1.0.0): backbone: OpenClipBackbone built from a config of its own (not the "
         "pretrained size); 32x32 px images. The method as the paper configures it follows.")
+
+
+@pytest.mark.parametrize("name", ["tmca", "lsms", "monch", "coseg", "ltse"])
+def test_each_card_installs_every_package_the_zip_lists_in_one_line(name):
+    """The card's `pip install` line names the distributions scripts/package.py lists (versions follow the
+    machine that packaged the release, so only the names are compared)."""
+    from zoo.metadata import card_install_command
+
+    card = (ROOT / "bundles" / name / "docs" / "README.md").read_text()
+    lines = [line for line in card.splitlines() if line.startswith("pip install ")]
+    assert len(lines) == 1, f"{name}: the card's Model zoo section has no single pip install line"
+
+    def names(line):
+        return sorted(part.strip('"').split("==")[0].lower() for part in line.split()[2:])
+
+    assert names(lines[0]) == names(card_install_command(ROOT / "bundles" / name))

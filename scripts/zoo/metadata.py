@@ -170,3 +170,21 @@ def no_ckpt_export(meta: Mapping, bundle: str) -> str | None:
             f"{' and '.join(inputs)}. Export TorchScript/ONNX with the repository's "
             f"`python scripts/export.py --bundle {bundle} --checkpoint models/model.pt` (all inputs traced, "
             "checked against the eager network; `inferring` takes the file as --checkpoint).")
+
+
+def install_command(versions: Mapping[str, str]) -> str:
+    """The model card's one line: ``pip install`` of torch, monai, numpy and every package the zip's metadata lists
+    (``{distribution: version}``), pinned as the metadata pins them."""
+    return "pip install " + " ".join(f'"{name}=={version}"' for name, version in versions.items())
+
+
+def card_install_command(folder) -> str:
+    """:func:`install_command` for a bundle folder, as ``scripts/package.py`` lists its packages (the model
+    card shows this line; a tokenizer named by a checkpoint may add its own packages to a zip's list)."""
+    import monai
+    import numpy
+
+    from zoo.requirements import requirements
+
+    core = {"monai": monai.__version__, "torch": torch.__version__.split("+")[0], "numpy": numpy.__version__}
+    return install_command({**core, **requirements(folder)})

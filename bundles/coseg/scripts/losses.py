@@ -3,7 +3,9 @@
     L = lambda_1 L_sem(pass 1) + lambda_2 L_ins(pass 1) + L_sem(final) + L_ins(final)       eq. 8
 
 The pass-1 terms are the paper's "prior constraint loss" (lambda_1 = 2, lambda_2 = 1); without a
-first pass (``co_segmentation=False``) only the final terms remain.
+first pass (``co_segmentation=False``) only the final terms remain. The HV terms (MSE, MSGE) are in
+both passes' L_ins (eq. 8, the paper: ``hv_passes="both"``); the authors' code puts them on the final
+pass only (``hv_passes="final"``).
 
 * L_sem (tissue): cross-entropy + Dice over the tissue classes (softmax).
 * L_ins (nuclei), HoVer-Net's loss (Graham et al. 2019) as the paper says: Focal + Dice on the
@@ -69,6 +71,7 @@ class CoSegLoss(nn.Module):
         focal: Focal loss on the nuclei logit (the paper); False: binary cross-entropy (the authors' code).
         focal_gamma: the focal loss's gamma.
         gradient_kernel: size of the Sobel-type kernels of MSGE (HoVer-Net: 5).
+        hv_passes: "both" (eq. 8: the HV terms in pass 1's L_ins too) or "final" (the authors' code: pass 2 only).
 
     Forward: the network's output dict (optionally with ``pass1``) and the target mapping -> dict with
     ``loss`` and, for the final pass, ``tissue_ce``, ``tissue_dice``, ``nuclei_focal`` (or ``nuclei_bce``),
@@ -86,8 +89,12 @@ class CoSegLoss(nn.Module):
         focal: bool = True,
         focal_gamma: float = 2.0,
         gradient_kernel: int = 5,
+        hv_passes: str = "both",
     ):
         super().__init__()
+        if hv_passes not in ("both", "final"):
+            raise ValueError(f"hv_passes must be 'both' (the paper) or 'final' (the authors' code), got {hv_passes!r}")
+        self.hv_passes = hv_passes
         sobel_kernels(gradient_kernel)  # validates the size
         self.lambda_tissue = lambda_tissue
         self.lambda_nuclei = lambda_nuclei
@@ -132,13 +139,14 @@ class CoSegLoss(nn.Module):
         dice = self.type_dice(logits.softmax(dim=1) * typed, one_hot * typed)
         return ce + dice
 
-    def pass_loss(self, outputs: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor]):
-        """(L_sem, L_ins, terms) for one pass."""
+    def pass_loss(self, outputs: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor], hv: bool = True):
+        """(L_sem, L_ins, terms) for one pass; ``hv=False`` leaves the HV terms out of L_ins."""
         tissue = self.tissue_terms(outputs["tissue"], target["tissue"])
         nuclei = self.nuclei_terms(outputs, target)
         sem = tissue["tissue_ce"] + tissue["tissue_dice"]
-        ins = (nuclei[self.nuclei_term] + nuclei["nuclei_dice"] + self.mse_weight * nuclei["hv_mse"]
-               + self.msge_weight * nuclei["hv_msge"] + self.type_weight * nuclei.get("nuclei_type", 0.0))
+        ins = nuclei[self.nuclei_term] + nuclei["nuclei_dice"] + self.type_weight * nuclei.get("nuclei_type", 0.0)
+        if hv:
+            ins = ins + self.mse_weight * nuclei["hv_mse"] + self.msge_weight * nuclei["hv_msge"]
         return sem, ins, {**tissue, **nuclei}
 
     def forward(self, outputs: Mapping, target: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -152,7 +160,7 @@ class CoSegLoss(nn.Module):
         total = sem + ins
         prior = total.new_zeros(())
         if "pass1" in outputs:
-            sem1, ins1, _ = self.pass_loss(outputs["pass1"], target)
+            sem1, ins1, _ = self.pass_loss(outputs["pass1"], target, hv=self.hv_passes == "both")
             prior = self.lambda_tissue * sem1 + self.lambda_nuclei * ins1
             total = total + prior
         return {"loss": total, **{k: v.detach() for k, v in terms.items()}, "prior": prior.detach()}

@@ -21,6 +21,16 @@ baseline without saying how P or D run without C); a switched-off part is not bu
   cross routes ``tissue_to_nuclei`` and ``nuclei_to_tissue`` are absent.
 * ``co_segmentation=False``: Table 4's baseline, two independent task networks on the shared encoder:
   one pass, no prompt encoders, so the other two switches have nothing to act on.
+* ``prompt_gradients=False``: the region prompts are detached, so a task's pass-2 loss no longer trains
+  the other task's first pass (no gradient between the tasks: eqs. 2-3 of the co-segmentation
+  paradigm switched off). It changes the gradients, not the outputs.
+
+Table 4's cumulative rows (baseline, +P, +P+D, +P+D+C) are these switches in combination:
+:data:`TABLE4_ROWS` (train.yaml: ``table4_row``).
+
+The RP-Encoder's Conv_1 (eq. 4) is one 16x16 stride-16 convolution as the paper writes
+(``prompt_patch_embed="paper"``, :class:`PaperMaskEmbedding`); ``"official"`` keeps the authors' two 4x4
+stride-4 convolutions (:class:`.rp_encoder.MaskEmbedding`).
 
 Shapes for a 1024x1024 input, D = 256: features (B, 256, 256²), (B, 256, 128²), (B, 256, 64²); decoder
 outputs at 256² are upsampled (bilinear) to 1024². Outputs: ``tissue`` (B, n_tissue, H, W) logits,
@@ -34,6 +44,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.models.sam2.modeling_sam2 import Sam2LayerNorm
 
 from transforms.base.describe import configurable
 
@@ -41,6 +52,43 @@ from .decoders import TaskDecoder
 from .rp_encoder import RPEncoder
 
 TASKS = ("tissue", "nuclei")
+PATCH_EMBEDS = ("paper", "official")
+
+# Table 4 as cumulative rows (baseline, +P, +P+D, +P+D+C). A region prompt needs a first pass's mask logits,
+# so P and D already decode twice; what C adds is eqs. 2-3: gradient between the tasks through the prompts.
+#   baseline: one pass, two task decoders on the shared encoder, no prompt encoders
+#   +P:       two passes; each task's pass-1 logits prompt its own decoder through an RP-Encoder, detached
+#   +P+D:     the MP-Decoder's cross-guidance (each task prompted by the other's logits), prompts detached
+#   +P+D+C:   the full model: cross-guidance with prompts that carry gradient between the tasks
+TABLE4_ROWS: dict[str, dict[str, bool]] = {
+    "baseline": dict(rp_encoder=True, cross_guidance=True, co_segmentation=False, prompt_gradients=True),
+    "+P": dict(rp_encoder=True, cross_guidance=False, co_segmentation=True, prompt_gradients=False),
+    "+P+D": dict(rp_encoder=True, cross_guidance=True, co_segmentation=True, prompt_gradients=False),
+    "+P+D+C": dict(rp_encoder=True, cross_guidance=True, co_segmentation=True, prompt_gradients=True),
+}
+
+
+def table4_switches(row: str | None, **switches) -> dict[str, bool]:
+    """The network switches of a Table 4 row (``row`` None or "": ``switches`` as given, e.g. one removal)."""
+    if row in (None, "", "none", "null"):
+        return switches
+    if row not in TABLE4_ROWS:
+        raise ValueError(f"table4_row must be one of {list(TABLE4_ROWS)} (or null), got {row!r}")
+    return dict(TABLE4_ROWS[row])
+
+
+class PaperMaskEmbedding(nn.Sequential):
+    """Eq. 4 as the paper writes it: Conv_1 one 16x16 stride-16 convolution to ``hidden_channels``, LayerNorm,
+    GELU, Conv_2 a 1x1 convolution to ``dim``: (B, C_mu, H, W) -> (B, dim, H/16, W/16). (The authors' code,
+    :class:`.rp_encoder.MaskEmbedding`, uses two 4x4 stride-4 convolutions: ``prompt_patch_embed="official"``.)"""
+
+    def __init__(self, in_channels: int, dim: int, hidden_channels: int = 16):
+        super().__init__(
+            nn.Conv2d(in_channels, hidden_channels, kernel_size=16, stride=16),
+            Sam2LayerNorm(hidden_channels, data_format="channels_first"),
+            nn.GELU(),
+            nn.Conv2d(hidden_channels, dim, kernel_size=1),
+        )
 
 
 @configurable
@@ -56,7 +104,9 @@ class CoSeg(nn.Module):
         prompt_hidden_channels: channels of the RP-Encoder's strided convolutions (16).
         prompt_heads, prompt_ffn_dim, prompt_dropout, rope_theta: the RP-Encoder's attention layer
             (1 head, FFN 2048, dropout 0.1, RoPE base 10000: SAM2's memory-attention layer, as the authors).
-        rp_encoder, cross_guidance, co_segmentation: the Table 4 switches (module doc).
+        rp_encoder, cross_guidance, co_segmentation, prompt_gradients: the Table 4 switches (module doc).
+        prompt_patch_embed: the RP-Encoder's Conv_1 (eq. 4): "paper" one 16x16 stride-16 convolution
+            (:class:`PaperMaskEmbedding`), or "official" two 4x4 stride-4 convolutions (the authors' code).
 
     Forward: ``image`` (B, 3, H, W), H and W multiples of the encoder's ``size_divisor`` -> dict (module doc).
     """
@@ -77,8 +127,12 @@ class CoSeg(nn.Module):
         rp_encoder: bool = True,
         cross_guidance: bool = True,
         co_segmentation: bool = True,
+        prompt_patch_embed: str = "paper",
+        prompt_gradients: bool = True,
     ):
         super().__init__()
+        if prompt_patch_embed not in PATCH_EMBEDS:
+            raise ValueError(f"prompt_patch_embed must be one of {PATCH_EMBEDS}, got {prompt_patch_embed!r}")
         if num_tissue_classes < 2 or num_nuclei_types < 0:
             raise ValueError(f"num_tissue_classes must be >= 2 (background included) and num_nuclei_types >= 0, "
                              f"got {num_tissue_classes} and {num_nuclei_types}")
@@ -86,6 +140,7 @@ class CoSeg(nn.Module):
         dim = int(image_encoder.embed_dim)
         self.co_segmentation = co_segmentation
         self.cross_guidance = cross_guidance
+        self.prompt_gradients = prompt_gradients
         decoder = dict(dim=dim, depth=decoder_depth, heads=decoder_heads, mlp_dim=decoder_mlp_dim)
         self.decoders = nn.ModuleDict({
             "tissue": TaskDecoder({"tissue": num_tissue_classes}, **decoder),
@@ -98,6 +153,10 @@ class CoSeg(nn.Module):
                                               rp_encoder, prompt_heads, prompt_ffn_dim, prompt_dropout, rope_theta)
                 for target in TASKS
             })
+            if prompt_patch_embed == "paper":
+                for target, encoder in self.prompt_encoders.items():
+                    encoder.embed = PaperMaskEmbedding(prompt_channels[target.split("_to_")[0]], dim,
+                                                       prompt_hidden_channels)
 
     # True: eval-mode outputs come packed in one tensor (:meth:`pack`), as MONAI's zoo tools call a network
     # (set on the inference config's network_def by common.engine.export.one_tensor; the weights keep their names)
@@ -146,7 +205,8 @@ class CoSeg(nn.Module):
         features = self.image_encoder(image)
         final = self.decode(features, size)
         if self.co_segmentation:
-            first, final = final, self.decode(features, size, previous=final)
+            prompts = final if self.prompt_gradients else {k: v.detach() for k, v in final.items()}
+            first, final = final, self.decode(features, size, previous=prompts)
             if self.training:
                 final["pass1"] = first
         return self.pack(final) if self.packed_output and not self.training else final

@@ -6,7 +6,8 @@
 ``mu``: mask logits at input size (B, C_mu, H, W). ``Conv_1`` brings them to the image-embedding grid
 (stride 16) as two 4x4 stride-4 convolutions, each followed by LayerNorm and GELU, through
 ``hidden_channels / 4`` and ``hidden_channels`` (16) channels: SAM2's mask-prompt embedding with
-stride 4 instead of 2, as the authors' code; the paper writes a single 16x16 convolution. ``Conv_2``
+stride 4 instead of 2, as the authors' code (``prompt_patch_embed: official``); the paper's single 16x16
+convolution, the default, is ``network.PaperMaskEmbedding``. ``Conv_2``
 is a 1x1 convolution to the embedding width D, giving m (B, D, H/16, W/16).
 
 The region-aware part is one pre-norm transformer layer on the m tokens, laid out as SAM2's memory
