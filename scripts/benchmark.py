@@ -87,6 +87,15 @@ def _without_pretrained_sources(config):
     out = {k: _without_pretrained_sources(v) for k, v in config.items()}
     klass = locate(str(config.get("_target_", ""))) if "_target_" in config else None
     out.update(getattr(klass, "_pretrained_arguments", {}))
+    if "model_config" in out and out["model_config"] is None and config.get("weights"):
+        # a part that needs an architecture to build without weights (SAM2): the one its weights name
+        from common.networks.sam2 import sam2_hiera_large_config
+
+        if "sam2" in str(config["weights"]).lower():
+            if "large" not in str(config["weights"]).lower():
+                raise ValueError(f"the benchmark builds SAM2 Hiera-L with random weights; {config['weights']!r} "
+                                 "is another size: pass --override \"{'image_encoder_weights': None}\" with a model_config")
+            out["model_config"] = sam2_hiera_large_config()
     return out
 
 

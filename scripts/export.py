@@ -31,7 +31,8 @@ FRESH_TEXT = "the largest one, on the right side of the image, 12.5 mm across"
 
 @typed  # fire hands over '--flag false' as the text 'false': read it as the annotation says
 def main(bundle: str, checkpoint: str, out_dir: str | None = None, formats=("torchscript", "onnx"),
-         tolerance: float = 1e-3, json_out: str | None = None, trust_remote_code: bool = False) -> str:
+         tolerance: float = 1e-3, json_out: str | None = None, trust_remote_code: bool = False,
+         pretrained_sources: dict | None = None) -> str:
     """Export, check and time; prints a Markdown table and returns it."""
     formats = [formats] if isinstance(formats, str) else list(formats)
     unknown = [f for f in formats if f not in FORMATS]
@@ -43,7 +44,8 @@ def main(bundle: str, checkpoint: str, out_dir: str | None = None, formats=("tor
     reason = why_not_exportable(description, root)
     if reason:
         raise ValueError(f"{bundle}: no TorchScript/ONNX export: {reason}")
-    loaded = load_model(checkpoint, str(root), "cpu", trust_remote_code=trust_remote_code)
+    loaded = load_model(checkpoint, str(root), "cpu", trust_remote_code=trust_remote_code,
+                        pretrained_sources=pretrained_sources)
     network, description = loaded.network.eval(), loaded.description
     out = Path(out_dir) if out_dir else Path(checkpoint).parent
     out.mkdir(parents=True, exist_ok=True)

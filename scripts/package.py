@@ -88,7 +88,7 @@ def copy_bundle_files(folder: Path, target: Path) -> list[str]:
 
 
 def stage(bundle: str, target: Path, model: str | None = None, max_zip_mb: float = 25.0,
-          model_url: str = "", trust_remote_code: bool = False) -> dict:
+          model_url: str = "", trust_remote_code: bool = False, pretrained_sources: dict | None = None) -> dict:
     """Write the unpacked bundle into ``target`` (which must not exist); returns its metadata."""
     import torch
 
@@ -141,7 +141,7 @@ def stage(bundle: str, target: Path, model: str | None = None, max_zip_mb: float
             tokenizers.append(text["tokenizer"])
             load_tokenizer("tokenizer", text["tokenizer"], text.get("trust_remote_code", False)).save_pretrained(
                 target / "models" / "tokenizer")
-        meta = describe_packaged_model(bundle, folder, target, model, meta, trust_remote_code)
+        meta = describe_packaged_model(bundle, folder, target, model, meta, trust_remote_code, pretrained_sources)
         size_mb = model.stat().st_size / 2**20
         if size_mb <= max_zip_mb:
             shutil.copy(model, target / "models" / "model.pt")
@@ -165,7 +165,7 @@ def stage(bundle: str, target: Path, model: str | None = None, max_zip_mb: float
 
 
 def describe_packaged_model(bundle: str, folder: Path, target: Path, model: Path, meta: dict,
-                            trust_remote_code: bool) -> dict:
+                            trust_remote_code: bool, pretrained_sources: dict | None = None) -> dict:
     """The zip's metadata as the model inside is (:mod:`zoo.metadata`), and the argument files of MONAI's zoo
     tools (``configs/verify_net_in_out.json``, ``configs/ckpt_export.json``) where they can check it; where they
     cannot, ``zoo_tools`` in the metadata says why."""
@@ -181,7 +181,8 @@ def describe_packaged_model(bundle: str, folder: Path, target: Path, model: Path
         meta = describe_model(meta, None, description, tokenizer)
         tools["verify_net_in_out"] = tools["ckpt_export"] = f"not applicable: {no_network}"
     else:
-        loaded = load_model(str(model), str(folder), trust_remote_code=trust_remote_code)
+        loaded = load_model(str(model), str(folder), trust_remote_code=trust_remote_code,
+                            pretrained_sources=pretrained_sources)
         meta = describe_model(meta, one_tensor(loaded.network), description, tokenizer)
         args = verify_args(meta, description.get("settings", {}), tokenizer)
         (target / "configs" / "verify_net_in_out.json").write_text(json.dumps(args) + "\n")
@@ -220,7 +221,7 @@ def checked_model(folder: Path, model: str | Path, trust_remote_code: bool = Fal
 @typed  # fire hands over '--flag false' as the text 'false': read it as the annotation says
 def main(bundle: str, model: str | None = None, out_dir: str = "dist", max_zip_mb: float = 25.0,
          model_url: str = "", bump: str | None = None, changelog: str | None = None,
-         trust_remote_code: bool = False) -> str:
+         trust_remote_code: bool = False, pretrained_sources: dict | None = None) -> str:
     """Write ``<out_dir>/<bundle>_v<version>.zip``; prints and returns its path.
 
     Args:
@@ -233,6 +234,8 @@ def main(bundle: str, model: str | None = None, out_dir: str = "dist", max_zip_m
             with ``changelog`` as the entry for the new version.
         trust_remote_code: pack a model whose text encoder ships its own code (CXR-BERT); it is saved with
             the zip's tokenizer.
+        pretrained_sources: where this machine keeps the pretrained parts the model leaves out, when not
+            where its description says (``"{'sam.checkpoint': '/weights/sam.pth'}"``), as for ``inferring``.
     """
     folder = bundle_folder(bundle)
     if model:
@@ -250,7 +253,7 @@ def main(bundle: str, model: str | None = None, out_dir: str = "dist", max_zip_m
         print(f"{bundle}: version {meta['version']} ({meta_path})")
     with tempfile.TemporaryDirectory() as tmp:
         target = Path(tmp) / bundle
-        meta = stage(bundle, target, model, max_zip_mb, model_url, trust_remote_code)
+        meta = stage(bundle, target, model, max_zip_mb, model_url, trust_remote_code, pretrained_sources)
         out = Path(out_dir) / f"{bundle}_v{meta['version']}.zip"
         out.parent.mkdir(parents=True, exist_ok=True)
         with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:

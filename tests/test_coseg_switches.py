@@ -205,3 +205,20 @@ def test_train_config_builds_the_table4_row_it_is_given():
     assert switches(table4_row="+P+D") == (True, True, False)
     assert switches(table4_row="baseline")[0] is False
     assert switches(cross_guidance=False) == (True, False, True)
+
+
+def test_a_description_written_before_the_switch_rebuilds_the_authors_embedding():
+    """Checkpoints saved before prompt_patch_embed existed hold the two 4x4 convolutions: their description has
+    no such key, and it must rebuild that, not the new default (the weights would not fit)."""
+    from transforms.base.describe import describe, instantiate
+
+    official = tiny_net(prompt_patch_embed="official").eval()
+    old = describe(official)
+    assert old.pop("prompt_patch_embed") == "official"
+    rebuilt = instantiate(old, ROOT / "bundles" / "coseg")
+    assert all(isinstance(e.embed, MaskEmbedding) for e in rebuilt.prompt_encoders.values())
+    assert rebuilt.load_state_dict(official.state_dict(), strict=True)  # every weight fits
+    new = describe(tiny_net())
+    assert new["prompt_patch_embed"] == "paper"
+    assert all(isinstance(e.embed, PaperMaskEmbedding)
+               for e in instantiate(new, ROOT / "bundles" / "coseg").prompt_encoders.values())

@@ -370,6 +370,9 @@ def test_lits_names_pair_by_themselves(tmp_path):
     (lits / "segmentation-0.nii").rename(labels / "segmentation-0.nii")
     assert [p[2] for p in find_pairs(lits, labels)] == [str(labels / "segmentation-0.nii"),
                                                          str(labels / "segmentation-12.nii.gz")]
+    # one LiTS volume with its labels folder: its own segmentation there, not the folder as the label
+    assert find_pairs(lits / "volume-0.nii", labels) == [("volume-0", str(lits / "volume-0.nii"),
+                                                          str(labels / "segmentation-0.nii"))]
     (labels / "segmentation-12.nii.gz").unlink()
     with pytest.raises(DatasetError, match=r"no LiTS label volume for .*volume-12.nii.gz \(looked for "
                                            r"segmentation-12.nii\[.gz\] in .*lits_labels\)"):

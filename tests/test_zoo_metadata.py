@@ -124,3 +124,15 @@ def test_each_card_installs_every_package_the_zip_lists_in_one_line(name):
         return sorted(part.strip('"').split("==")[0].lower() for part in line.split()[2:])
 
     assert names(lines[0]) == names(card_install_command(ROOT / "bundles" / name))
+
+
+def test_every_command_that_loads_a_model_takes_the_flag_the_load_error_names():
+    """load_model's error for a pretrained part not on this machine says `--pretrained_sources "{...}"`:
+    scripts/export.py and scripts/package.py load models too, and must accept it."""
+    import inspect
+
+    import export
+    import package
+
+    for main in (export.main, package.main, package.stage):
+        assert "pretrained_sources" in inspect.signature(main).parameters, main

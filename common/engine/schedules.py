@@ -22,3 +22,15 @@ def warmup_decay(optimizer: torch.optim.Optimizer, warmup_steps: int, total_step
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def steps_per_epoch(lr_epoch_level, epoch_length, loader) -> int:
+    """How often the engine steps a schedule in one epoch: once (``lr_epoch_level`` true), or once per
+    iteration (``epoch_length``, else the training loader's length). Schedules sized in epochs multiply by it,
+    so ``--lr_epoch_level false`` keeps the same decay over training instead of finishing it in ``epochs``
+    iterations."""
+    from transforms.base.values import as_bool
+
+    if as_bool(lr_epoch_level):
+        return 1
+    return int(epoch_length or len(loader))

@@ -50,7 +50,7 @@ _COMMON = {"image_size": 1024, "patch_size": 16, "window_size": 14, "prompt_embe
            "iou_head_depth": 3, "iou_head_hidden_dim": 256}
 _KEYS = set(_COMMON) | set(SAM_VARIANTS["vit_h"])
 _CHECKPOINT_HINT = ("Download the official SAM checkpoint (sam_vit_h_4b8939.pth for vit_h, see the bundle's "
-                    "large_files.yml) and set the key to the local file.")
+                    "pretrained_sources.yml) and set the key to the local file.")
 
 
 def sam_config(variant: str = "vit_h") -> dict:

@@ -135,7 +135,8 @@ def describe_model(meta: Mapping, network: torch.nn.Module, description: Mapping
         for key in ("image_classes", "pred_classes", "label_classes"):
             if isinstance(meta.get(key), str):
                 meta[key] = re.sub(rf"\b{old}\b", new, meta[key])
-    meta["description"] = f"{model_summary(description, image_shape, text.get('max_length'))} {meta['description']}"
+    text_length = text.get("max_length") or settings.get("max_text_tokens")  # LTSE: the instruction's budget
+    meta["description"] = f"{model_summary(description, image_shape, text_length)} {meta['description']}"
     metrics = description.get("training", {}).get("metrics")
     if metrics:
         meta["eval_metrics"] = {k: round(float(v), 4) for k, v in metrics.items()}
@@ -167,9 +168,10 @@ def no_ckpt_export(meta: Mapping, bundle: str) -> str | None:
     if not inputs:
         return None
     return (f"MONAI's ckpt_export traces the network with one random image; this network also reads "
-            f"{' and '.join(inputs)}. Export TorchScript/ONNX with the repository's "
-            f"`python scripts/export.py --bundle {bundle} --checkpoint models/model.pt` (all inputs traced, "
-            "checked against the eager network; `inferring` takes the file as --checkpoint).")
+            f"{' and '.join(inputs)}. Export TorchScript/ONNX from a checkout of the tgseg-bundles repository: "
+            f"`python scripts/export.py --bundle {bundle} --checkpoint <this folder>/models/model.pt` (all inputs "
+            "traced, checked against the eager network, written beside the checkpoint; `inferring` takes the "
+            "file as --checkpoint).")
 
 
 def install_command(versions: Mapping[str, str]) -> str:

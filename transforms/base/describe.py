@@ -536,7 +536,12 @@ def _build(node: Any, roots: tuple[str, ...], package: types.ModuleType | None) 
         arguments = {key: _build(value, roots, package) for key, value in node.items() if key != "_target_"}
         if "_target_" not in node:
             return arguments
-        return described_class(node["_target_"], "", roots, package=package)(**arguments)
+        klass = described_class(node["_target_"], "", roots, package=package)
+        # an argument added after descriptions were written: its value when absent is what older models were
+        # built with, not the new default (Co-Seg's prompt_patch_embed)
+        for key, value in getattr(klass, "described_before", {}).items():
+            arguments.setdefault(key, value)
+        return klass(**arguments)
     if isinstance(node, list):
         return [_build(value, roots, package) for value in node]
     return node

@@ -161,6 +161,8 @@ class CoSeg(nn.Module):
     # True: eval-mode outputs come packed in one tensor (:meth:`pack`), as MONAI's zoo tools call a network
     # (set on the inference config's network_def by common.engine.export.one_tensor; the weights keep their names)
     packed_output = False
+    # checkpoints written before prompt_patch_embed existed hold the authors' two 4x4 convolutions
+    described_before = {"prompt_patch_embed": "official"}
 
     @property
     def output_channels(self) -> dict[str, int]:

@@ -305,8 +305,8 @@ def find_pairs(ct: str | Path | None, labels: str | Path | None = None,
     if ct is None:
         raise ValueError("give ct (a file or folder) and labels, or pairs_csv")
     ct, labels = Path(ct), Path(labels) if labels else None
-    if ct.is_file() and labels is None and LITS_CT.match(ct.name):
-        return [_lits_pair(ct, ct.parent)]
+    if ct.is_file() and LITS_CT.match(ct.name) and (labels is None or labels.is_dir()):
+        return [_lits_pair(ct, labels or ct.parent)]
     if ct.is_dir():
         files = sorted(p for p in ct.iterdir() if p.is_file() and not p.name.startswith("."))
         dicom = [p.name for p in files if p.suffix.lower() in (".dcm", ".ima") or p.name.upper() == "DICOMDIR"]
