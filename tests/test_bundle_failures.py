@@ -69,9 +69,11 @@ def test_a_killed_run_resumes_where_it_stopped(data, tmp_path):
         proc = subprocess.Popen([sys.executable, "-m", "monai.bundle", "run", *args], cwd=ROOT, env=env, stdout=log,
                                 stderr=subprocess.STDOUT)
         deadline = time.time() + 300
-        # killed once epoch 2 is saved and logged (the checkpoint is written before the epoch's log line)
+        # killed once epoch 2 is saved and the trainer has logged it (the checkpoint is written before the epoch's
+        # log line; the validator logs its own "Epoch[2] Complete" before the trainer's, so that one is not enough)
         while not ((out / "models" / "checkpoint_epoch=2.pt").is_file()
-                   and "Epoch[2] Complete" in first_log.read_text()) and proc.poll() is None and time.time() < deadline:
+                   and "TextGuidedTrainer - INFO - Epoch[2] Complete" in first_log.read_text()) \
+                and proc.poll() is None and time.time() < deadline:
             time.sleep(0.2)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
