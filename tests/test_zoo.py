@@ -80,14 +80,37 @@ def trained(tiny, tmp_path_factory):
     return get
 
 
+# the zoo's published schema, the file each metadata.json's `schema` url names (MONAI-extra-test-data 0.8.1,
+# Apache-2.0), kept byte for byte so that verify_metadata runs offline; its sha256 says nobody edited it
+SCHEMA = ROOT / "bundles" / "meta_schema_20240725.json"
+SCHEMA_SHA256 = "cd64aa8a5904426f6fc6855dabe46af8c742d5bad644b4e9cfb78ebad09ad678"
+
+
+def test_the_schema_is_the_published_one_and_refuses_what_it_should(tmp_path):
+    import hashlib
+
+    assert hashlib.sha256(SCHEMA.read_bytes()).hexdigest() == SCHEMA_SHA256
+    for name in BUNDLES:
+        url = json.loads((ROOT / "bundles" / name / "configs" / "metadata.json").read_text())["schema"]
+        assert url.rsplit("/", 1)[1] == SCHEMA.name, f"{name}'s metadata names {url}, not the vendored schema"
+    meta = json.loads((ROOT / "bundles" / "tmca" / "configs" / "metadata.json").read_text())
+    broken = [dict(meta), dict(meta)]
+    del broken[0]["required_packages_version"]  # required by the published schema, not by the spec's text
+    broken[1]["network_data_format"] = {"inputs": {"image": {"type": "image"}}, "outputs": {}}  # no format/shape
+    for i, (bad, error) in enumerate(zip(broken, ("'required_packages_version' is a required property",
+                                                  "is not valid under any of the given schemas"))):
+        path = tmp_path / f"bad{i}.json"
+        path.write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match=error):
+            monai.bundle.verify_metadata(meta_file=str(path), filepath=str(SCHEMA))
+
+
 @pytest.mark.parametrize("name", BUNDLES)
-def test_metadata_verifies_offline_against_the_schema_copy(name):
-    # `python -m monai.bundle verify_metadata --meta_file ... --filepath bundles/meta_schema.json`, in this
+def test_metadata_verifies_offline_against_the_published_schema(name):
+    # `python -m monai.bundle verify_metadata --meta_file ... --filepath bundles/meta_schema_20240725.json`, in this
     # process: it raises on a metadata.json that the schema refuses (and would download a missing schema)
-    schema = ROOT / "bundles" / "meta_schema.json"
-    assert schema.is_file()
     monai.bundle.verify_metadata(meta_file=str(ROOT / "bundles" / name / "configs" / "metadata.json"),
-                                 filepath=str(schema))
+                                 filepath=str(SCHEMA))
     meta = json.loads((ROOT / "bundles" / name / "configs" / "metadata.json").read_text())
     assert "optional_packages_version" not in meta and {"pytorch-ignite", "transformers"} <= set(meta["required_packages_version"])
 
@@ -207,7 +230,7 @@ def test_the_zoo_ci_accepts_the_unpacked_zip_in_an_environment_of_its_listed_pac
 
     python_ = listed_python(meta)
     env = isolated_environ(OMP_NUM_THREADS="1")  # nothing added to the listed environment's path
-    ci = python("-c", ZOO_CI, str(ROOT / "bundles" / "meta_schema.json"), cwd=folder, env=env, exe=python_)
+    ci = python("-c", ZOO_CI, str(SCHEMA), cwd=folder, env=env, exe=python_)
     assert "downloaded model.pt: True" in ci.stdout and "metadata verified" in ci.stdout
     tools = meta["zoo_tools"]
     if name in ("monch", "coseg"):  # one image in: MONAI's exporter traces them

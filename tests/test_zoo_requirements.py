@@ -208,7 +208,7 @@ def test_what_the_bundle_imports_imports_where_only_its_listed_packages_are(name
 
 def _verify(python, meta_file, cwd):
     return subprocess.run([str(python), "-m", "monai.bundle", "verify_metadata", "--meta_file", str(meta_file),
-                           "--filepath", str(ROOT / "bundles" / "meta_schema.json")], cwd=cwd,
+                           "--filepath", str(ROOT / "bundles" / "meta_schema_20240725.json")], cwd=cwd,
                           env=isolated_environ(), capture_output=True, text=True, timeout=300)
 
 
