@@ -321,7 +321,8 @@ def main(
     for r in rows:
         na = lambda v, f: "n/a (CPU)" if v != v else format(v, f)  # noqa: E731
         speedup = f"{r['train_img_s'] / eager:.2f}x" if eager else "-"
-        lines.append(f"| {r['setting']} | {r['train_img_s']:.1f} | {speedup} | {r['first_step_extra_s']:.2f} | "
+        rate = f"{r['train_img_s']:.1f}" if r['train_img_s'] >= 1 else f"{r['train_img_s']:.2g}"  # 0.02, not 0.0
+        lines.append(f"| {r['setting']} | {rate} | {speedup} | {r['first_step_extra_s']:.2f} | "
                      f"{r['infer_ms']:.1f} | {na(r['peak_gb'], '.2f')} | {na(r['gpu_busy_pct'], '.0f')} | "
                      f"{r['params_m']:.2f} | {r['image_params_m']:.2f} | {r['trainable_m']:.2f} | {r['gflops']:.2f} | "
                      f"{r['image_gflops']:.2f} |")

@@ -42,7 +42,7 @@ def test_one_epoch_writes_a_self_describing_checkpoint_and_the_split(trained):
     assert description["network"]["_target_"] == "scripts.network.CoSeg"
     assert description["network"]["num_nuclei_types"] == 3  # track1: tumour, TIL, other
     assert description["network"]["image_encoder"]["weights"] is None  # random tiny Hiera: rebuilt from its config
-    assert description["settings"] == {"image_size": 64, "nuclei_classes": "track1"}
+    assert description["settings"] == {"image_size": 64, "nuclei_classes": "track1", "roi_size": 64}
     assert any(".lora_A." in k for k in state["model"]) and any("prompt_encoders.tissue_to_nuclei" in k for k in state["model"])
     assert state["lr_scheduler"]["gamma"] == pytest.approx(0.97)
     split = json.loads((trained / "puma_split.json").read_text())

@@ -120,12 +120,12 @@ def test_paper_plus_9_1_percent_is_not_one_prompt_encoder_two_network_baseline_g
 INFERENCE = ROOT / "bundles" / "coseg" / "configs" / "inference.yaml"
 
 
-def _inference_config(image_size=64, **overrides):
+def _inference_config(image_size=64, processor=None, **overrides):
     parser = ConfigParser()
     parser.read_config([str(TRAIN), str(INFERENCE)])
     imports = ["$import os", "$import torch", "$import monai", "$import common", "$import transforms"]
     parser.update({"bundle_root": str(ROOT / "bundles" / "coseg"), "imports": imports,
-                   "processor": {"image_size": image_size, "nuclei_classes": "none"}, **overrides})
+                   "processor": processor or {"image_size": image_size, "nuclei_classes": "none"}, **overrides})
     return parser
 
 
@@ -149,6 +149,74 @@ def test_inference_reads_the_roi_at_its_own_size_and_tiles_it_in_training_size_w
         assert torch.allclose(out[k][..., 112:, 112:], last[k][..., 48:, 48:], atol=1e-5), k
         assert tuple(small[k].shape[-2:]) == (40, 56)
     assert not torch.allclose(out["tissue"], whole["tissue"], atol=1e-4)
+
+
+def _roi(folder, name, side, seed=0):
+    import numpy as np
+    from PIL import Image
+
+    path = folder / f"{name}.png"
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (side, side, 3), dtype=np.uint8)).save(path)
+    return {"image": str(path)}
+
+
+def _evaluate_config(processor):
+    parser = ConfigParser()
+    parser.read_config([str(TRAIN), str(ROOT / "common" / "engine" / "train.yaml"),
+                        str(ROOT / "bundles" / "coseg" / "configs" / "evaluate.yaml")])
+    imports = ["$import os", "$import torch", "$import monai", "$import common", "$import transforms"]
+    parser.update({"bundle_root": str(ROOT / "bundles" / "coseg"), "imports": imports, "processor": processor})
+    return parser
+
+
+@pytest.mark.parametrize("processor, read_as", [
+    ({"image_size": 64, "roi_size": 64, "nuclei_classes": "none"}, 128),  # trained on 64 px ROIs: not scaled
+    ({"image_size": 64, "roi_size": 128, "nuclei_classes": "none"}, 64),  # 128 px ROIs trained at 64: halved
+    ({"image_size": 64, "nuclei_classes": "none"}, 128),  # a processor from before roi_size: not scaled
+])
+def test_evaluation_and_inference_read_an_roi_at_the_training_magnification(tmp_path, processor, read_as):
+    # a 128 px ROI with its annotations; evaluation resized every ROI to image_size (64), whatever size
+    # training read
+    from common.data.puma.reader import puma_cases
+    from common.data.puma.synthetic import write_sample_puma
+
+    record = puma_cases(write_sample_puma(tmp_path, n=1, size=128, seed=0))[0]
+    inference = _inference_config(processor=processor)
+    evaluation = _evaluate_config(processor)
+    inferred = inference.get_parsed_content("preprocessing")({"image": record["image"]})
+    evaluated = evaluation.get_parsed_content("val_transforms")
+    for t in evaluated:
+        record = t(record)
+    assert tuple(inferred["image"].shape) == tuple(record["image"].shape) == (3, read_as, read_as)
+    assert torch.allclose(inferred["image"].as_tensor(), record["image"].as_tensor())
+    assert tuple(record["orig_size"].tolist()) == (128, 128)  # outputs go back to the ROI's size (Instancesd)
+    assert tuple(record["tissue_full"].shape[-2:]) == tuple(record["nuclei_full"].shape[-2:]) == (128, 128)
+    for parser in (inference, evaluation):  # both slide windows of the training size
+        inferer = parser.get_parsed_content("inferer")
+        assert type(inferer).__name__ == "SlidingWindowInferer" and tuple(inferer.roi_size) == (64, 64)
+
+
+def test_the_training_roi_side_is_read_from_the_headers_and_mixed_sizes_warn(tmp_path, caplog):
+    from common.data.puma.reader import roi_side
+    from transforms.puma import training_magnification
+
+    same = [_roi(tmp_path, f"a{i}", 96, i) for i in range(3)]
+    with caplog.at_level("WARNING"):
+        assert roi_side(same) == 96
+    assert not caplog.records
+    mixed = same + [_roi(tmp_path, "big", 192)]
+    with caplog.at_level("WARNING"):
+        assert roi_side(mixed) == 96
+    assert "big.png: 192 px" in caplog.text and "different magnifications" in caplog.text
+    assert training_magnification({"image_size": 512, "roi_size": 1024}) == 0.5
+    assert training_magnification({"image_size": 1024}) == 1.0
+    with pytest.raises(ValueError, match="empty"):
+        roi_side([])
+
+
+def test_training_records_the_roi_side_in_the_processor(tmp_path):
+    parser = _train_config(train_datalist=[_roi(tmp_path, f"r{i}", 80, i) for i in range(2)], image_size=32)
+    assert parser.get_parsed_content("processor") == {"image_size": 32, "nuclei_classes": "none", "roi_size": 80}
 
 
 # ---------------------------------------------------------------------------- Table 4 as cumulative rows

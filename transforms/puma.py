@@ -141,3 +141,15 @@ class LoadPumaROId(Transform):
             d["nuclei_type"] = tensor(types[None])
             d["nuclei_vanished"] = vanished
         return d
+
+
+def training_magnification(processor: Mapping) -> float:
+    """The factor by which training scaled its ROIs: ``image_size / roi_size`` (1 where the training ROIs had
+    the network's size, e.g. PUMA's 1024 px ROIs at image size 1024; 0.5 for them at 512). Evaluation and
+    inference scale an ROI of any size by it before sliding windows of ``image_size`` over it, so the network
+    sees the magnification it learned. A processor written before ``roi_size`` was recorded gives 1."""
+    image_size = float(processor["image_size"])
+    roi_size = processor.get("roi_size") or image_size
+    if float(roi_size) <= 0:
+        raise ValueError(f"processor roi_size must be a positive number of pixels, got {roi_size!r}")
+    return image_size / float(roi_size)

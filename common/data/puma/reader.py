@@ -114,3 +114,34 @@ def puma_datalist(root: str | Path, split: str, split_file: str | Path, fraction
     chosen = set(puma_split([c["name"] for c in cases], split_file, fractions, seed)[split])
     records = [c for c in cases if c["name"] in chosen]
     return records[: int(limit)] if limit else records
+
+
+def roi_side(records: Sequence[Mapping]) -> int:
+    """The side (px) of the training ROIs, which training resizes to the network's image size: recorded in the
+    checkpoint's processor (``roi_size``) so that evaluation and inference read any ROI at the magnification
+    the network learned (:func:`transforms.puma.training_magnification`). Read from the image headers only.
+    ROIs of several sizes are each resized to the same image size, i.e. trained at several magnifications:
+    this warns, naming two of them, and returns the median side."""
+    from PIL import Image
+
+    if not records:
+        raise ValueError("no training ROIs to measure: the training split is empty")
+    sides: dict[str, int] = {}
+    for record in records:
+        path = Path(str(record["image"]))
+        try:
+            with Image.open(path) as image:
+                width, height = image.size
+        except Exception as err:
+            raise DatasetError(path, f"cannot read image ({type(err).__name__}: {err})") from err
+        if width != height:
+            logger.warning("%s: %dx%d px, not square; training resizes it to a square, which stretches it",
+                           path, width, height)
+        sides[str(path)] = max(width, height)
+    values = sorted(sides.values())
+    if values[0] != values[-1]:
+        smallest, largest = (next(p for p, s in sides.items() if s == v) for v in (values[0], values[-1]))
+        logger.warning("training ROIs differ in size (%s: %d px, %s: %d px): each is resized to the same image "
+                       "size, so they are learned at different magnifications; evaluation and inference use the "
+                       "median side, %d px", smallest, values[0], largest, values[-1], values[len(values) // 2])
+    return int(values[len(values) // 2])
