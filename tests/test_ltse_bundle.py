@@ -49,7 +49,8 @@ def test_training_saves_only_the_trained_parts_and_where_the_bases_come_from(tra
     assert description["excluded"] == ["llava.", "sam."]
     assert description["network"]["llava"]["name_or_path"] == parts["llava"]
     assert description["network"]["sam"]["checkpoint"] == parts["sam"]
-    assert description["settings"] == {"max_text_tokens": 256, "max_new_tokens": 12}
+    assert description["settings"] == {"max_text_tokens": 256, "max_new_tokens": 12,
+                                       "clip_image_size": 32, "sam_image_size": 64}  # the tiny towers
     keys = list(state["model"])
     assert any("lora_A" in k for k in keys) and any("trainable_tokens" in k for k in keys)
     assert any(k.startswith("aem.gate.") for k in keys) and any(k.startswith("aem.experts.3.") for k in keys)

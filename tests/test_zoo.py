@@ -220,6 +220,9 @@ def test_the_zoo_ci_accepts_the_unpacked_zip_in_an_environment_of_its_listed_pac
         for value in (v.get(part) for v in description["network"].values() if isinstance(v, dict)):
             assert value is None or str(value) in meta["description"]
     settings, fmt = description["settings"], meta["network_data_format"]
+    if "clip_image_size" in settings:  # LTSE: the tiny towers' sizes, not LLaVA-1.5's 336 and SAM's 1024
+        assert fmt["inputs"]["image"]["spatial_shape"] == [settings["clip_image_size"]] * 2 == [32, 32]
+        assert f"longest side {settings['sam_image_size']}" in meta["image_classes"]
     if "image_size" in settings:
         size = [settings["image_size"]] * 2
         assert fmt["inputs"]["image"]["spatial_shape"] == size and fmt["outputs"]["pred"]["spatial_shape"] == size

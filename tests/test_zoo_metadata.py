@@ -63,6 +63,22 @@ def test_the_metadata_of_a_small_model_says_its_size_text_budget_parts_and_figur
     assert TMCA_META["network_data_format"]["inputs"]["image"]["spatial_shape"] == [224, 224]  # not changed in place
 
 
+def test_ltse_metadata_gives_the_input_sizes_of_the_towers_inside_not_the_papers():
+    meta_ltse = json.loads((ROOT / "bundles" / "ltse" / "configs" / "metadata.json").read_text())
+    assert meta_ltse["network_data_format"]["inputs"]["image"]["spatial_shape"] == [336, 336]  # the paper's
+    description = {"bundle": "ltse", "version": "0.2.0", "network": {}, "settings": {
+        "max_text_tokens": 48, "max_new_tokens": 12, "clip_image_size": 32, "sam_image_size": 64}}
+    meta = describe_model(meta_ltse, None, description)
+    assert meta["network_data_format"]["inputs"]["image"]["spatial_shape"] == [32, 32]
+    assert "resized to 32x32" in meta["image_classes"] and "longest side 64" in meta["image_classes"]
+    assert "336" not in meta["image_classes"] and "1024" not in meta["image_classes"]
+    assert ("images read at 32x32 px by the CLIP tower and 64 px longest side by SAM, prompts of up to 48 tokens"
+            in meta["description"])
+    # a checkpoint from before the sizes were recorded keeps the template's sizes
+    old = describe_model(meta_ltse, None, {"bundle": "ltse", "network": {}, "settings": {"max_text_tokens": 48}})
+    assert old["network_data_format"]["inputs"]["image"]["spatial_shape"] == [336, 336]
+
+
 def test_output_channels_are_named_from_the_network_when_the_template_has_another_count():
     description = {"bundle": "coseg", "network": {"_target_": "scripts.network.CoSeg"}, "settings": {"image_size": 32}}
     meta = describe_model(MONCH_META, SeveralOutputs().eval(), description)

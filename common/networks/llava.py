@@ -220,6 +220,7 @@ class LlavaLM(nn.Module):
                 parameter.data = parameter.data.float()
         self.pretrained = pretrained
         self.hidden_size = int(model.config.text_config.hidden_size)
+        self.image_size = int(model.config.vision_config.image_size)  # the CLIP tower's input side
 
     @staticmethod
     def _load(name_or_path, pretrained, model_config, torch_dtype, quantization, key):

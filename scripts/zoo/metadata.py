@@ -55,10 +55,12 @@ def part_summary(name: str, part: Mapping) -> str:
     return " ".join(words[:1]) + (" " + ", ".join(words[1:]) if len(words) > 1 else "")
 
 
-def model_summary(description: Mapping, image_shape: list[int] | None, text_length: int | None) -> str:
-    """The sentence that opens a packaged model's description: what is inside, at what size."""
+def model_summary(description: Mapping, image_shape: list[int] | None, text_length: int | None,
+                  size: str | None = None) -> str:
+    """The sentence that opens a packaged model's description: what is inside, at what size (``size``: the
+    words for a model that reads its images at more than one size)."""
     parts = "; ".join(part_summary(n, p) for n, p in _parts(description.get("network", {})))
-    size = f"{'x'.join(map(str, image_shape))} px images" if image_shape else None
+    size = size or (f"{'x'.join(map(str, image_shape))} px images" if image_shape else None)
     text = f"prompts of up to {text_length} tokens" if text_length else None
     trained = description.get("training", {})
     epoch = f"trained for {trained['epoch']} epoch(s)" if "epoch" in trained else None
@@ -135,8 +137,18 @@ def describe_model(meta: Mapping, network: torch.nn.Module, description: Mapping
         for key in ("image_classes", "pred_classes", "label_classes"):
             if isinstance(meta.get(key), str):
                 meta[key] = re.sub(rf"\b{old}\b", new, meta[key])
+    size = None
+    if image_shape is None and settings.get("clip_image_size"):  # LTSE: no tensor forward; its towers' sizes
+        clip, sam = int(settings["clip_image_size"]), int(settings.get("sam_image_size") or 0)
+        inputs_format["image"]["spatial_shape"] = [clip, clip]
+        size = f"images read at {clip}x{clip} px by the CLIP tower" + (f" and {sam} px longest side by SAM" if sam else "")
+        for key in ("image_classes", "pred_classes", "label_classes"):
+            if isinstance(meta.get(key), str):
+                meta[key] = re.sub(rf"\b{paper_shape[0]}x{paper_shape[1]}\b", f"{clip}x{clip}", meta[key])
+                if sam:
+                    meta[key] = re.sub(r"longest side \d+", f"longest side {sam}", meta[key])
     text_length = text.get("max_length") or settings.get("max_text_tokens")  # LTSE: the instruction's budget
-    meta["description"] = f"{model_summary(description, image_shape, text_length)} {meta['description']}"
+    meta["description"] = f"{model_summary(description, image_shape, text_length, size)} {meta['description']}"
     metrics = description.get("training", {}).get("metrics")
     if metrics:
         meta["eval_metrics"] = {k: round(float(v), 4) for k, v in metrics.items()}
