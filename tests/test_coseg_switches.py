@@ -214,9 +214,29 @@ def test_the_training_roi_side_is_read_from_the_headers_and_mixed_sizes_warn(tmp
         roi_side([])
 
 
-def test_training_records_the_roi_side_in_the_processor(tmp_path):
+def test_training_records_the_roi_side_in_the_checkpoint_settings(tmp_path):
     parser = _train_config(train_datalist=[_roi(tmp_path, f"r{i}", 80, i) for i in range(2)], image_size=32)
-    assert parser.get_parsed_content("processor") == {"image_size": 32, "nuclei_classes": "none", "roi_size": 80}
+    assert parser.get_parsed_content("model_description#settings") == {
+        "image_size": 32, "nuclei_classes": "none", "roi_size": 80}
+    assert "roi_size" not in parser.get_parsed_content("processor")  # the transforms do not need the data
+
+
+def test_fine_tuning_keeps_the_trained_roi_side_and_warns_on_another(tmp_path, caplog):
+    from common.data.puma.reader import fine_tuning_settings
+
+    trained = {"image_size": 64, "nuclei_classes": "none", "roi_size": 128}
+    same = [_roi(tmp_path, f"s{i}", 128, i) for i in range(2)]
+    other = [_roi(tmp_path, f"o{i}", 256, i) for i in range(2)]
+    with caplog.at_level("WARNING"):
+        assert fine_tuning_settings(trained, same) == trained
+    assert not caplog.records
+    with caplog.at_level("WARNING"):
+        assert fine_tuning_settings(trained, other) == trained
+    assert "fine-tuning ROIs are 256 px, the model was trained on 128 px ROIs" in caplog.text
+    parser = ConfigParser()
+    parser.read_config([str(TRAIN), str(ROOT / "common" / "engine" / "train.yaml"),
+                        str(ROOT / "bundles" / "coseg" / "configs" / "finetune.yaml")])
+    assert "fine_tuning_settings(@trained.settings, @train_datalist)" in parser.get("model_description#settings")
 
 
 # ---------------------------------------------------------------------------- Table 4 as cumulative rows

@@ -145,3 +145,20 @@ def roi_side(records: Sequence[Mapping]) -> int:
                        "size, so they are learned at different magnifications; evaluation and inference use the "
                        "median side, %d px", smallest, values[0], largest, values[-1], values[len(values) // 2])
     return int(values[len(values) // 2])
+
+
+def fine_tuning_settings(settings: Mapping, records: Sequence[Mapping]) -> dict:
+    """The checkpoint settings of a fine-tuned model: the trained model's (its ``roi_size`` included, so that
+    evaluation and inference keep reading ROIs at the magnification it learned first), after a warning when
+    the fine-tuning ROIs have another side: training resizes every ROI to ``image_size``, so they are learned
+    at another magnification (resample them to the trained ROI side first, or train a new model)."""
+    settings = dict(settings)
+    trained = settings.get("roi_size")
+    if trained and records:
+        side = roi_side(records)
+        if side != int(trained):
+            logger.warning("the fine-tuning ROIs are %d px, the model was trained on %d px ROIs: both are resized to "
+                           "%s px, so these are learned at %.2fx the trained magnification; evaluation and "
+                           "inference keep reading ROIs as the model was first trained (roi_size %d)",
+                           side, int(trained), settings.get("image_size"), int(trained) / side, int(trained))
+    return settings
