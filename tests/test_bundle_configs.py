@@ -120,7 +120,9 @@ def test_evaluation_finetuning_and_inference_take_the_processor_from_the_checkpo
     folder = ROOT / "bundles" / bundle / "configs"
     train = yaml.safe_load((folder / "train.yaml").read_text())
     settings = {v[1:] for v in _flat(train["processor"]) if isinstance(v, str) and v.startswith("@")}
-    assert settings and train["model_description"]["settings"] == "@processor"
+    # the processor whole; Co-Seg adds what only training knows (the side of the ROIs it read)
+    assert settings and train["model_description"]["settings"] in (
+        "@processor", "$dict(@processor, roi_size=common.data.puma.reader.roi_side(@train_datalist))")
     for name in ("evaluate", "finetune", "inference"):
         config = yaml.safe_load((folder / f"{name}.yaml").read_text())
         assert config["processor"] == PROCESSOR, name
@@ -129,7 +131,9 @@ def test_evaluation_finetuning_and_inference_take_the_processor_from_the_checkpo
         assert not settings & set(config), f"{name}.yaml restates {sorted(settings & set(config))}"
         if name == "finetune":  # the fine-tuned model records the processor as trained (a tokenizer by its name,
             # not the folder beside the checkpoint that trained_processor reads it from)
-            assert config["model_description#settings"] == "$@trained.settings"
+            # (Co-Seg: after warning when the new ROIs have another side than the trained roi_size)
+            assert config["model_description#settings"] in (
+                "$@trained.settings", "$common.data.puma.reader.fine_tuning_settings(@trained.settings, @train_datalist)")
     readers = {k: v for k, v in train.items() if k not in ("processor", "network_def", "text_tokens", "loss")
                and not isinstance(train["network_def"], str)}
     for key, node in readers.items():
@@ -199,6 +203,9 @@ def test_inference_configs_restate_no_transform_of_train_yaml():
         preprocessing = infer.get("preprocessing")
         if preprocessing is None:  # LTSE: the model reads the image itself (scripts/inference.py)
             continue
-        assert isinstance(preprocessing["transforms"], str) and "@image_transforms" in preprocessing["transforms"]
+        train = yaml.safe_load((folder / "train.yaml").read_text())
+        lists = re.findall(r"@(\w+)\b(?!\[)", preprocessing["transforms"]) if isinstance(preprocessing["transforms"], str) else []
+        assert lists and all(isinstance(train.get(name), list) for name in lists), \
+            f"{bundle}: inference.yaml's preprocessing is not built from train.yaml's transform lists: {lists}"
         restated = {c["_target_"] for _, c in _components(preprocessing)} - {"Compose"}
         assert not restated, f"{bundle}: inference.yaml restates {restated}"
