@@ -1,6 +1,7 @@
 """Co-Seg's paper-versus-authors'-code switches: the RP-Encoder's patch embedding, the HV loss's passes,
 augmentation; and the parameter arithmetic behind the paper's +9.1 % (built on the meta device)."""
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -183,8 +184,12 @@ def test_evaluation_and_inference_read_an_roi_at_the_training_magnification(tmp_
     record = puma_cases(write_sample_puma(tmp_path, n=1, size=128, seed=0))[0]
     inference = _inference_config(processor=processor)
     evaluation = _evaluate_config(processor)
-    inferred = inference.get_parsed_content("preprocessing")({"image": record["image"]})
-    evaluated = evaluation.get_parsed_content("val_transforms")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        inferred = inference.get_parsed_content("preprocessing")({"image": record["image"]})
+        evaluated = evaluation.get_parsed_content("val_transforms")
+    # a processor from before roi_size is read unscaled, with a warning that says so
+    assert any("roi_size" in str(w.message) for w in caught) == ("roi_size" not in processor)
     for t in evaluated:
         record = t(record)
     assert tuple(inferred["image"].shape) == tuple(record["image"].shape) == (3, read_as, read_as)
@@ -209,7 +214,8 @@ def test_the_training_roi_side_is_read_from_the_headers_and_mixed_sizes_warn(tmp
         assert roi_side(mixed) == 96
     assert "big.png: 192 px" in caplog.text and "different magnifications" in caplog.text
     assert training_magnification({"image_size": 512, "roi_size": 1024}) == 0.5
-    assert training_magnification({"image_size": 1024}) == 1.0
+    with pytest.warns(UserWarning, match="do not record the side of its training ROIs"):  # an old checkpoint
+        assert training_magnification({"image_size": 1024}) == 1.0
     with pytest.raises(ValueError, match="empty"):
         roi_side([])
 
@@ -233,6 +239,11 @@ def test_fine_tuning_keeps_the_trained_roi_side_and_warns_on_another(tmp_path, c
     with caplog.at_level("WARNING"):
         assert fine_tuning_settings(trained, other) == trained
     assert "fine-tuning ROIs are 256 px, the model was trained on 128 px ROIs" in caplog.text
+    caplog.clear()
+    old = {"image_size": 64, "nuclei_classes": "none"}  # a checkpoint from before roi_size
+    with caplog.at_level("WARNING"):
+        assert fine_tuning_settings(old, other) == {**old, "roi_size": 256}
+    assert "does not record the side of its training ROIs" in caplog.text
     parser = ConfigParser()
     parser.read_config([str(TRAIN), str(ROOT / "common" / "engine" / "train.yaml"),
                         str(ROOT / "bundles" / "coseg" / "configs" / "finetune.yaml")])

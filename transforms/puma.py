@@ -149,7 +149,14 @@ def training_magnification(processor: Mapping) -> float:
     inference scale an ROI of any size by it before sliding windows of ``image_size`` over it, so the network
     sees the magnification it learned. A processor written before ``roi_size`` was recorded gives 1."""
     image_size = float(processor["image_size"])
-    roi_size = processor.get("roi_size") or image_size
+    roi_size = processor.get("roi_size")
+    if not roi_size:
+        import warnings
+
+        warnings.warn(f"the checkpoint's settings do not record the side of its training ROIs (roi_size; written "
+                      f"before it was recorded): ROIs are read unscaled, which is the training magnification only if "
+                      f"the model was trained on ROIs of its image size ({int(image_size)} px)", stacklevel=2)
+        roi_size = image_size
     if float(roi_size) <= 0:
         raise ValueError(f"processor roi_size must be a positive number of pixels, got {roi_size!r}")
     return image_size / float(roi_size)

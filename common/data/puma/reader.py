@@ -151,10 +151,16 @@ def fine_tuning_settings(settings: Mapping, records: Sequence[Mapping]) -> dict:
     """The checkpoint settings of a fine-tuned model: the trained model's (its ``roi_size`` included, so that
     evaluation and inference keep reading ROIs at the magnification it learned first), after a warning when
     the fine-tuning ROIs have another side: training resizes every ROI to ``image_size``, so they are learned
-    at another magnification (resample them to the trained ROI side first, or train a new model)."""
+    at another magnification (resample them to the trained ROI side first, or train a new model). A trained
+    model without ``roi_size`` (written before it was recorded) gets the fine-tuning ROIs' side, with a warning."""
     settings = dict(settings)
     trained = settings.get("roi_size")
-    if trained and records:
+    if not trained and records:  # a checkpoint from before roi_size: the side these ROIs are learned at
+        settings["roi_size"] = roi_side(records)
+        logger.warning("the trained model does not record the side of its training ROIs (written before roi_size "
+                       "existed): the fine-tuned model records these ROIs' %d px, at which evaluation and inference "
+                       "will read", settings["roi_size"])
+    elif trained and records:
         side = roi_side(records)
         if side != int(trained):
             logger.warning("the fine-tuning ROIs are %d px, the model was trained on %d px ROIs: both are resized to "
