@@ -35,22 +35,27 @@ from typing import Mapping, Sequence
 import numpy as np
 
 
-def overlap_table(true: np.ndarray, pred: np.ndarray) -> tuple[dict[tuple[int, int], int], np.ndarray, np.ndarray]:
-    """``({(true id, pred id): overlapping pixels}, true areas by id, pred areas by id)`` of two instance maps."""
+Overlaps = tuple[dict[tuple[int, int], int], np.ndarray, np.ndarray]
+
+
+def overlap_table(true: np.ndarray, pred: np.ndarray) -> Overlaps:
+    """``({(true id, pred id): overlapping pixels}, true areas by id, pred areas by id)`` of two instance maps.
+    The measures below take it as ``overlaps`` where the caller scores the same pair of maps more than once."""
     true = np.asarray(true).astype(np.int64).ravel()
     pred = np.asarray(pred).astype(np.int64).ravel()
     if true.shape != pred.shape:
         raise ValueError(f"instance maps differ in size: {true.shape} and {pred.shape}")
     both = (true > 0) & (pred > 0)
-    keys, counts = np.unique(true[both] * (int(pred.max()) + 1) + pred[both], return_counts=True)
     base = int(pred.max()) + 1
+    keys, counts = np.unique(true[both] * base + pred[both], return_counts=True)
     table = {(int(k // base), int(k % base)): int(c) for k, c in zip(keys, counts)}
     return table, np.bincount(true), np.bincount(pred)
 
 
-def aggregated_jaccard_index(true: np.ndarray, pred: np.ndarray) -> float:
-    """AJI of one image (module doc); 1.0 when neither map has an instance, 0.0 when only one has."""
-    table, true_area, pred_area = overlap_table(true, pred)
+def aggregated_jaccard_index(true: np.ndarray, pred: np.ndarray, overlaps: Overlaps | None = None) -> float:
+    """AJI of one image (module doc); 1.0 when neither map has an instance, 0.0 when only one has.
+    ``overlaps``: :func:`overlap_table` of the two maps, if the caller has it."""
+    table, true_area, pred_area = overlaps if overlaps is not None else overlap_table(true, pred)
     true_ids = [i for i in range(1, len(true_area)) if true_area[i] > 0]
     pred_ids = [j for j in range(1, len(pred_area)) if pred_area[j] > 0]
     if not true_ids and not pred_ids:
@@ -72,14 +77,16 @@ def aggregated_jaccard_index(true: np.ndarray, pred: np.ndarray) -> float:
     return intersection / union if union else 1.0
 
 
-def instance_counts(true: np.ndarray, pred: np.ndarray, iou_threshold: float = 0.5) -> np.ndarray:
-    """``[TP, FP, FN, sum of matched IoU]`` of one image (module doc), from the overlap table.
+def instance_counts(true: np.ndarray, pred: np.ndarray, iou_threshold: float = 0.5,
+                    overlaps: Overlaps | None = None) -> np.ndarray:
+    """``[TP, FP, FN, sum of matched IoU]`` of one image (module doc), from the overlap table (``overlaps``, if
+    the caller has it).
 
     With ``iou_threshold`` >= 0.5 the pairs of IoU above it are the matches (unique by construction); below
     0.5 the pairs of highest summed IoU (Hungarian assignment) with IoU above it, as MONAI does."""
     if not 0.0 < iou_threshold <= 1.0:
         raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
-    table, true_area, pred_area = overlap_table(true, pred)
+    table, true_area, pred_area = overlaps if overlaps is not None else overlap_table(true, pred)
     n_true, n_pred = int(np.count_nonzero(true_area[1:])), int(np.count_nonzero(pred_area[1:]))
     if not n_true and not n_pred:
         return np.zeros(4)

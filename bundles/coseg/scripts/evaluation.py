@@ -55,6 +55,7 @@ from common.evaluation.instances import (
     class_instances,
     instance_centroids,
     instance_counts,
+    overlap_table,
 )
 from common.evaluation.reports import write_table
 from common.evaluation.semantic import confusion_matrix
@@ -89,21 +90,23 @@ def tissue_scores(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> dict
     return {"dice": dice, "iou": iou, "hd": hd, "hd_diagonal": one_only}
 
 
+def _class_overlaps(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(I, |truth| + |prediction|)`` of classes 1..K-1 as binary masks, from a confusion matrix."""
+    cm = np.asarray(cm, dtype=np.float64)
+    return np.diag(cm)[1:], cm.sum(axis=1)[1:] + cm.sum(axis=0)[1:]
+
+
 def puma_tissue_dice(cm: np.ndarray, eps: float = 1e-5) -> np.ndarray:
     """PUMA's pooled ("micro") Dice of classes 1..K-1 from a confusion matrix summed over images (module doc):
     ``(2 I + eps) / (|truth| + |prediction| + eps)`` of each class's binary masks, 0 where I is 0."""
-    cm = np.asarray(cm, dtype=np.float64)
-    inter = np.diag(cm)[1:]
-    sizes = cm.sum(axis=1)[1:] + cm.sum(axis=0)[1:]
+    inter, sizes = _class_overlaps(cm)
     return np.where(inter > 0, (2 * inter + eps) / (sizes + eps), 0.0)
 
 
 def puma_image_dice(cm: np.ndarray, eps: float = 1e-5) -> np.ndarray:
     """PUMA's Dice of classes 1..K-1 in one image (its confusion matrix): as :func:`puma_tissue_dice`, but 1
     where neither map has the class and ``eps`` only where they share nothing."""
-    cm = np.asarray(cm, dtype=np.float64)
-    inter = np.diag(cm)[1:]
-    sizes = cm.sum(axis=1)[1:] + cm.sum(axis=0)[1:]
+    inter, sizes = _class_overlaps(cm)
     return np.where(sizes > 0, (2 * inter + eps) / (sizes + eps), 1.0)
 
 
@@ -183,11 +186,12 @@ class CoSegRecorder:
         true_regions = class_instances(truth_tissue, range(1, self.k))
         for c in range(1, self.k):
             self.tissue_pq[c].add(instance_counts(true_regions[c], pred_regions[c]))
-        counts = instance_counts(truth_nuclei, pred_nuclei)
+        overlaps = overlap_table(truth_nuclei, pred_nuclei)  # one table for the counts and AJI
+        counts = instance_counts(truth_nuclei, pred_nuclei, overlaps=overlaps)
         self.nuclei.add(counts)
         image_nuclei = PanopticCounts()
         image_nuclei.add(counts)
-        aji = aggregated_jaccard_index(truth_nuclei, pred_nuclei)
+        aji = aggregated_jaccard_index(truth_nuclei, pred_nuclei, overlaps=overlaps)
         self.aji.append(aji)
         truth_types = pred_types = None
         if self.nuclei_types:

@@ -118,7 +118,7 @@ def puma_datalist(root: str | Path, split: str, split_file: str | Path, fraction
 
 def roi_side(records: Sequence[Mapping]) -> int:
     """The side (px) of the training ROIs, which training resizes to the network's image size: recorded in the
-    checkpoint's processor (``roi_size``) so that evaluation and inference read any ROI at the magnification
+    checkpoint's settings (``roi_size``) so that evaluation and inference read any ROI at the magnification
     the network learned (:func:`transforms.puma.training_magnification`). Read from the image headers only.
     ROIs of several sizes are each resized to the same image size, i.e. trained at several magnifications:
     this warns, naming two of them, and returns the median side."""
@@ -154,17 +154,17 @@ def fine_tuning_settings(settings: Mapping, records: Sequence[Mapping]) -> dict:
     at another magnification (resample them to the trained ROI side first, or train a new model). A trained
     model without ``roi_size`` (written before it was recorded) gets the fine-tuning ROIs' side, with a warning."""
     settings = dict(settings)
-    trained = settings.get("roi_size")
-    if not trained and records:  # a checkpoint from before roi_size: the side these ROIs are learned at
-        settings["roi_size"] = roi_side(records)
+    if not records:
+        return settings
+    trained, side = settings.get("roi_size"), roi_side(records)
+    if not trained:  # a checkpoint from before roi_size: the side these ROIs are learned at
+        settings["roi_size"] = side
         logger.warning("the trained model does not record the side of its training ROIs (written before roi_size "
                        "existed): the fine-tuned model records these ROIs' %d px, at which evaluation and inference "
-                       "will read", settings["roi_size"])
-    elif trained and records:
-        side = roi_side(records)
-        if side != int(trained):
-            logger.warning("the fine-tuning ROIs are %d px, the model was trained on %d px ROIs: both are resized to "
-                           "%s px, so these are learned at %.2fx the trained magnification; evaluation and "
-                           "inference keep reading ROIs as the model was first trained (roi_size %d)",
-                           side, int(trained), settings.get("image_size"), int(trained) / side, int(trained))
+                       "will read", side)
+    elif side != int(trained):
+        logger.warning("the fine-tuning ROIs are %d px, the model was trained on %d px ROIs: both are resized to "
+                       "%s px, so these are learned at %.2fx the trained magnification; evaluation and "
+                       "inference keep reading ROIs as the model was first trained (roi_size %d)",
+                       side, int(trained), settings.get("image_size"), int(trained) / side, int(trained))
     return settings

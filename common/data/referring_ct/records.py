@@ -25,6 +25,7 @@ from pathlib import Path
 
 from transforms.base.errors import DatasetError
 from common.data.file_reading import read_json_lines
+from common.data.files import IMAGE_SUFFIXES
 
 REQUIRED_KEYS = ("image", "mask", "lesion_id", "text")
 
@@ -68,10 +69,6 @@ def referring_datalist(dataset_dir: str | Path, split: str) -> list[dict]:
     return records
 
 
-
-RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-
-
 def inference_slices(records: list[dict]) -> list[dict]:
     """Records for inference where ``slice`` means "the axial index of this volume": a record whose image is a
     2-D raster (the builder's PNG slices keep the index of the volume they came from) has it moved to
@@ -80,7 +77,7 @@ def inference_slices(records: list[dict]) -> list[dict]:
     out = []
     for record in records:
         record = dict(record)
-        if record.get("slice") is not None and str(record.get("image", "")).lower().endswith(RASTER_SUFFIXES):
+        if record.get("slice") is not None and str(record.get("image", "")).lower().endswith(IMAGE_SUFFIXES):
             record["volume_slice"] = record.pop("slice")
         out.append(record)
     return out
